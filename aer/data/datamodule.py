@@ -1,0 +1,246 @@
+"""`AudioSetDataModule`: converts the needed splits once, holds them as uint8 in memory, serves batches."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from aer.data.convert import ON_BAD, convert, load_split
+from aer.data.demo import ensure_demo
+from aer.data.records import NUM_CLASSES
+from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("bal_train", "unbal_train", "eval")
+MODES = ("dev", "final")
+NORMALIZE = ("unit", "standardize")
+_TRAIN_CHOICES = {"bal_train": ["bal_train"], "unbal_train": ["unbal_train"], "all": ["bal_train", "unbal_train"]}
+
+
+class ClipBatches(Dataset):
+    """Indexed by a whole batch of positions: one gather per batch, no per-clip Python."""
+
+    def __init__(self, features: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, rows: np.ndarray):
+        self.features, self.lengths, self.labels = features, lengths, labels
+        self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, batch) -> dict[str, torch.Tensor]:
+        idx = self.rows[torch.as_tensor(batch, dtype=torch.int64)]
+        return {
+            "x": self.features.index_select(0, idx).float().div_(255.0),
+            "lengths": self.lengths.index_select(0, idx),
+            "y": self.labels.index_select(0, idx).float(),
+            "index": idx,
+        }
+
+
+def resolve_split_dir(root: Path, split: str) -> Path:
+    for cand in (root / split, root / "audioset_v1_embeddings" / split):
+        if cand.is_dir():
+            return cand
+    raise FileNotFoundError(
+        f"data.root={root} has no '{split}' folder: expected {root / split}/*.tfrecord "
+        f"(the release's audioset_v1_embeddings/{split}). Fetch the release with "
+        f"`python -m aer.data download {root}`, or train on synthetic shards with data=demo.")
+
+
+def default_cache_dir(root: Path) -> Path:
+    """Beside the data where it is writable; else a per-root folder under ~/.cache/aer."""
+    if os.access(root, os.W_OK):
+        return root / "aer_cache"
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "aer" / f"{root.name}-{key}"
+
+
+class AudioSetDataModule(pl.LightningDataModule):
+    def __init__(self, root: str, mode: str = "dev", train_split: str | list[str] = "bal_train",
+                 eval_split: str = "eval", cache_dir: str | None = None, batch_size: int = 500,
+                 eval_batch_size: int = 2048, val_fraction: float = 0.2, split_seed: int = 0, seed: int = 0,
+                 normalize: str = "unit", balanced: bool = False, drop_last: bool = False,
+                 num_workers: int = 0, pin_memory: bool = False, convert_workers: int = 1,
+                 on_bad_record: str = "error", num_classes: int = NUM_CLASSES, demo: dict | None = None):
+        super().__init__()
+        _check_choice("data.mode", mode, MODES)
+        _check_choice("data.normalize", normalize, NORMALIZE)
+        _check_choice("data.on_bad_record", on_bad_record, ON_BAD)
+        if isinstance(train_split, str):
+            _check_choice("data.train_split", train_split, tuple(_TRAIN_CHOICES))
+            train_splits = _TRAIN_CHOICES[train_split]
+        else:
+            train_splits = list(train_split)
+            for s in train_splits:
+                _check_choice("data.train_split", s, ("bal_train", "unbal_train"))
+        for key, val in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"{key}={val!r}: expected a positive integer")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction!r}: expected a number between 0 and 1")
+        self.root = Path(root).expanduser()
+        self.mode, self.train_splits, self.eval_split = mode, train_splits, eval_split
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
+        self.normalize, self.balanced, self.drop_last = normalize, balanced, drop_last
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.convert_workers, self.on_bad_record, self.num_classes = convert_workers, on_bad_record, num_classes
+        self.demo = dict(demo) if demo else None
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+        self._sets: dict[str, ClipBatches] = {}
+        self._meta: dict[str, dict[str, np.ndarray]] = {}
+
+    # ---- where things are
+    @property
+    def needed_splits(self) -> list[str]:
+        return self.train_splits + ([self.eval_split] if self.mode == "final" else [])
+
+    def cache_path(self, split: str) -> Path:
+        return (self.cache_dir or default_cache_dir(self.root)) / f"{split}.h5"
+
+    def check_layout(self) -> None:
+        """Fails before any work when the data folders are missing."""
+        if self.demo is not None:
+            return
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"data.root={self.root} does not exist: point it at the folder holding the split folders "
+                f"({', '.join(SPLITS)}), fetch the release with `python -m aer.data download {self.root}`, "
+                f"or use data=demo")
+        for split in self.needed_splits:
+            resolve_split_dir(self.root, split)
+
+    # ---- Lightning hooks
+    def prepare_data(self) -> None:
+        if self.demo is not None and ensure_demo(self.root, **self.demo):
+            log.info("generated demo shards in %s", self.root)
+        self.check_layout()
+        for split in self.needed_splits:
+            summary = convert(resolve_split_dir(self.root, split), self.cache_path(split),
+                              workers=self.convert_workers, on_bad_record=self.on_bad_record,
+                              num_classes=self.num_classes)
+            log.info("%s", summary)
+
+    def _load(self, split: str) -> dict[str, np.ndarray]:
+        if split not in self._arrays:
+            path = self.cache_path(split)
+            if not path.exists():
+                self.prepare_data()
+            self._arrays[split] = load_split(path)
+        return self._arrays[split]
+
+    def _dataset(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> ClipBatches:
+        return ClipBatches(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["lengths"]),
+                           torch.from_numpy(arrays["labels"]), rows)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._sets:
+            return
+        parts = [self._load(s) for s in self.train_splits]
+        train = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        n = len(train["lengths"])
+        if self.mode == "dev":
+            perm = np.random.default_rng(self.split_seed).permutation(n)
+            n_val = int(round(n * self.val_fraction))
+            if n_val == 0 or n_val == n:
+                raise ValueError(f"data.val_fraction={self.val_fraction} leaves an empty split of {n} clips")
+            val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            self._sets = {"train": self._dataset(train, train_rows), "val": self._dataset(train, val_rows)}
+            self._sets["test"] = self._sets["val"]
+            self._meta = {"train": train, "val": train, "test": train}
+        else:
+            test = self._load(self.eval_split)
+            self._sets = {"train": self._dataset(train, np.arange(n)), "test": self._dataset(test, np.arange(len(test["lengths"])))}
+            self._meta = {"train": train, "test": test}
+
+    def _distributed(self, sampler):
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            sampler.set_distributed(trainer.global_rank, trainer.world_size)
+        return sampler
+
+    def _loader(self, ds: ClipBatches, sampler) -> DataLoader:
+        return DataLoader(ds, sampler=self._distributed(sampler), batch_size=None, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._sets["train"]
+        if self.balanced:
+            labels = ds.labels[ds.rows].numpy()
+            sampler = BalancedBatchSampler(labels, self.batch_size, self.seed, self.drop_last)
+        else:
+            sampler = EpochBatchSampler(len(ds), self.batch_size, True, self.seed, self.drop_last)
+        return self._loader(ds, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        if "val" not in self._sets:
+            return []
+        return self._loader(self._sets["val"], EvalBatchSampler(len(self._sets["val"]), self.eval_batch_size))
+
+    def test_dataloader(self) -> DataLoader:
+        ds = self._sets["test"]
+        return self._loader(ds, EvalBatchSampler(len(ds), self.eval_batch_size))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # ---- what the model and the reports need
+    def split_info(self, name: str) -> dict[str, np.ndarray]:
+        """video ids and labels of the clips a split serves, in the order it serves them."""
+        ds, meta = self._sets[name], self._meta[name]
+        rows = ds.rows.numpy()
+        return {"video_id": meta["video_id"][rows], "labels": meta["labels"][rows]}
+
+    def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and std of the training clips' real frames, on the [0,1] scale."""
+        ds = self._sets["train"]
+        total = np.zeros(ds.features.shape[-1])
+        sq = np.zeros_like(total)
+        count = 0
+        feats, lengths = ds.features.numpy(), ds.lengths.numpy()
+        rows = ds.rows.numpy()
+        for i in range(0, len(rows), 8192):
+            r = rows[i:i + 8192]
+            x = feats[r].astype(np.float64) / 255.0
+            mask = np.arange(x.shape[1])[None, :] < lengths[r][:, None]
+            real = x[mask]
+            total += real.sum(0)
+            sq += (real ** 2).sum(0)
+            count += len(real)
+        mean = total / count
+        std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
+        return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+    def class_names(self) -> list[tuple[str, str]]:
+        return read_class_labels(self.root, self.num_classes)
+
+
+def read_class_labels(root: Path, num_classes: int = NUM_CLASSES) -> list[tuple[str, str]]:
+    """(mid, display_name) per class index from `class_labels_indices.csv`, or placeholders if absent."""
+    path = Path(root) / "class_labels_indices.csv"
+    names = [("", f"class {i}") for i in range(num_classes)]
+    if not path.exists():
+        log.warning("%s not found: classes are reported by index", path)
+        return names
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            i = int(row["index"])
+            if 0 <= i < num_classes:
+                names[i] = (row["mid"], row["display_name"])
+    return names
+
+
+def _check_choice(key: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r}: expected one of {', '.join(allowed)}")

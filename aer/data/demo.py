@@ -1,0 +1,112 @@
+"""Synthetic shards in the exact release layout, with structure a tagger can learn.
+
+Every class has a prototype direction in embedding space. "Stationary" classes add theirs to
+every frame of a clip, so a flat FC finds them; "transient" classes add theirs to one or two
+frames only, at a random position, which pooling over time or a recurrent model handles better.
+Class frequencies are long-tailed and clips carry 1-4 labels, as in AudioSet.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import string
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, Clip, serialize_clip
+from aer.data.tfrecord import write_records
+
+_ID_CHARS = np.array(list(string.ascii_letters + string.digits + "-_"))
+TRANSIENT_EVERY = 4  # every 4th class is transient
+MARKER = "demo.json"
+
+
+def _class_table(num_classes: int) -> list[tuple[int, str, str]]:
+    return [(i, f"/t/demo{i:03d}", f"Demo {'transient' if i % TRANSIENT_EVERY == 3 else 'stationary'} {i}")
+            for i in range(num_classes)]
+
+
+def _video_ids(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
+    out = []
+    while len(out) < n:
+        for row in rng.integers(0, len(_ID_CHARS), size=(n, 11)):
+            vid = "".join(_ID_CHARS[row])
+            if vid not in taken:
+                taken.add(vid)
+                out.append(vid)
+                if len(out) == n:
+                    break
+    return out
+
+
+def _make_clips(rng: np.random.Generator, n: int, protos: np.ndarray, prior: np.ndarray,
+                ids: list[str]) -> list[Clip]:
+    num_classes = len(prior)
+    n_labels = rng.choice([1, 2, 3, 4], size=n, p=[0.35, 0.35, 0.2, 0.1])
+    lengths = np.where(rng.random(n) < 0.95, MAX_FRAMES, rng.integers(1, MAX_FRAMES, size=n))
+    clips = []
+    for i in range(n):
+        labels = np.sort(rng.choice(num_classes, size=n_labels[i], replace=False, p=prior))
+        T = int(lengths[i])
+        x = 0.6 * rng.standard_normal(EMBED_DIM) + 0.8 * rng.standard_normal((T, EMBED_DIM))
+        for c in labels:
+            if c % TRANSIENT_EVERY == 3:
+                where = rng.choice(T, size=min(T, int(rng.integers(1, 3))), replace=False)
+                x[where] += 2.2 * protos[c]
+            else:
+                x += rng.uniform(0.5, 1.1) * protos[c]
+        frames = np.clip(np.rint(128 + 24 * x), 0, 255).astype(np.uint8)
+        start = float(rng.integers(0, 300))
+        clips.append(Clip(ids[i], start, start + T, labels, frames))
+    return clips
+
+
+def _write_split(out: Path, clips: list[Clip]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    by_shard: dict[str, list[bytes]] = defaultdict(list)
+    for c in clips:  # the release names each shard after its clips' first two id characters
+        by_shard[c.video_id[:2]].append(serialize_clip(c))
+    for name, payloads in by_shard.items():
+        write_records(out / f"{name}.tfrecord", payloads)
+
+
+def generate(out_dir: str | os.PathLike, clips: int = 20000, eval_clips: int | None = None, seed: int = 0,
+             num_classes: int = NUM_CLASSES) -> dict:
+    """Writes `bal_train/`, `eval/` and `class_labels_indices.csv` under `out_dir`; returns the spec."""
+    out = Path(out_dir)
+    eval_clips = clips // 2 if eval_clips is None else eval_clips
+    spec = {"clips": clips, "eval_clips": eval_clips, "seed": seed, "num_classes": num_classes, "version": 1}
+    rng = np.random.default_rng(seed)
+    protos = rng.standard_normal((num_classes, EMBED_DIM))
+    prior = 1.0 / (np.arange(num_classes) + 8.0)
+    prior = rng.permutation(prior / prior.sum())
+    taken: set[str] = set()
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in (("bal_train", clips), ("eval", eval_clips)):
+        _write_split(out / split, _make_clips(rng, n, protos, prior, _video_ids(rng, n, taken)))
+    tmp = out / "class_labels_indices.csv.partial"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_MINIMAL)
+        w.writerow(["index", "mid", "display_name"])
+        w.writerows(_class_table(num_classes))
+    os.replace(tmp, out / "class_labels_indices.csv")
+    (out / MARKER).write_text(json.dumps(spec, indent=2) + "\n")
+    return spec
+
+
+def ensure_demo(out_dir: str | os.PathLike, clips: int, eval_clips: int | None, seed: int) -> bool:
+    """Generates the demo set unless one with the same spec is already there; True if it wrote."""
+    marker = Path(out_dir) / MARKER
+    want = {"clips": clips, "eval_clips": clips // 2 if eval_clips is None else eval_clips, "seed": seed}
+    if marker.exists():
+        have = json.loads(marker.read_text())
+        if all(have.get(k) == v for k, v in want.items()):
+            return False
+        raise FileExistsError(f"{out_dir} holds a demo set made with {have}, not {want}; "
+                              f"pick another data.root or delete it")
+    generate(out_dir, clips, eval_clips, seed)
+    return True
