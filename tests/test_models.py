@@ -1,0 +1,281 @@
+import inspect
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from aer.models import NETS, DecisionAttention, FC, MultiLevelAttention, SkipLSTM, build_net
+
+B, T, D, C = 6, 10, 128, 527
+LENGTHS = torch.tensor([1, 3, 10, 7, 10, 2])
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def padded_batch(lengths: torch.Tensor = LENGTHS, garbage: bool = False) -> torch.Tensor:
+    """Random clips; frames past each length are zero, or random garbage if asked."""
+    x = torch.randn(len(lengths), T, D)
+    pad = torch.arange(T) >= lengths[:, None]
+    x[pad] = torch.randn(int(pad.sum()), D) * 5 if garbage else 0.0
+    return x
+
+
+def out_shape(net: nn.Module, lengths: torch.Tensor = LENGTHS) -> torch.Size:
+    return net(padded_batch(lengths), lengths).shape
+
+
+# --- shapes ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"hidden": []},
+        {"hidden": [256, 128], "dropout": 0.3, "activation": "tanh", "batch_norm": True},
+        {"activation": "sigmoid"},
+        {"activation": "gelu", "num_classes": 10},
+    ],
+)
+def test_fc_shapes(kwargs):
+    net = FC(**kwargs)
+    assert out_shape(net) == (B, kwargs.get("num_classes", C))
+
+
+SKIP_GRID = list(
+    itertools.product([1, 2, 3], [True, False], [True, False], [True, False], ["flatten", "mean", "max"])
+)
+
+
+@pytest.mark.parametrize("layers,skip,bidirectional,packed,pool", SKIP_GRID)
+def test_skiplstm_shapes(layers, skip, bidirectional, packed, pool):
+    net = SkipLSTM(layers=layers, hidden=8, skip=skip, bidirectional=bidirectional, packed=packed, pool=pool)
+    assert out_shape(net) == (B, C)
+
+
+def test_skiplstm_head_and_dropout_shapes():
+    net = SkipLSTM(hidden=16, fc_hidden=[64, 32], dropout=0.2, num_classes=11)
+    assert out_shape(net) == (B, 11)
+    linears = [m for m in net.head if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [64, 32, 11]
+
+
+@pytest.mark.parametrize("attention", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_attention_shapes(attention, layers):
+    net = DecisionAttention(hidden=32, layers=layers, attention=attention)
+    assert out_shape(net) == (B, C)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_multiattention_shapes(levels):
+    net = MultiLevelAttention(hidden=32, levels=levels, num_classes=20)
+    assert out_shape(net) == (B, 20)
+    assert net.classify.in_features == levels * 32
+
+
+def test_shorter_than_max_frames_is_padded():
+    lengths = torch.tensor([2, 5])
+    x = torch.randn(2, 5, D)
+    for net in (FC(), SkipLSTM(hidden=8), SkipLSTM(hidden=8, packed=True), SkipLSTM(hidden=8, pool="max")):
+        net.eval()
+        padded = torch.cat([x, torch.zeros(2, T - 5, D)], dim=1)
+        torch.testing.assert_close(net(x, lengths), net(padded, lengths))
+
+
+def test_too_many_frames_rejected():
+    with pytest.raises(ValueError, match="max_frames"):
+        FC()(torch.randn(2, T + 1, D), torch.tensor([T + 1, 3]))
+
+
+# --- architecture ---------------------------------------------------------
+
+def test_default_fc_is_the_report_model():
+    net = FC()
+    assert sum(p.numel() for p in net.parameters()) == 1280 * 500 + 500 + 500 * 527 + 527
+    assert [type(m) for m in net.net] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert (net.net[0].in_features, net.net[0].out_features) == (1280, 500)
+    assert (net.net[2].in_features, net.net[2].out_features) == (500, 527)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_skip_connection_input_dims(bidirectional):
+    hidden, layers = 16, 3
+    out = hidden * (2 if bidirectional else 1)
+    net = SkipLSTM(layers=layers, hidden=hidden, bidirectional=bidirectional, skip=True)
+    assert [lstm.input_size for lstm in net.lstms] == [D + k * out for k in range(layers)]
+    assert net.feature_dim == D + layers * out
+    assert net.head[-1].in_features == T * (D + layers * out)
+
+    plain = SkipLSTM(layers=layers, hidden=hidden, bidirectional=bidirectional, skip=False, pool="mean")
+    assert [lstm.input_size for lstm in plain.lstms] == [D] + [out] * (layers - 1)
+    assert plain.head[-1].in_features == out
+    assert all(lstm.bidirectional == bidirectional and lstm.hidden_size == hidden for lstm in net.lstms)
+
+
+def test_skip_features_start_with_the_input():
+    net = SkipLSTM(layers=2, hidden=8, pool="mean").eval()
+    x = padded_batch()
+    feats = net._encode_padded(x)
+    torch.testing.assert_close(feats[..., :D], x)
+
+
+@pytest.mark.parametrize("pool", ["flatten", "mean", "max"])
+@pytest.mark.parametrize("skip", [True, False])
+def test_packed_equals_padded_for_full_clips(pool, skip):
+    lengths = torch.full((4,), T)
+    x = padded_batch(lengths)
+    padded = SkipLSTM(hidden=8, skip=skip, pool=pool, packed=False).eval()
+    packed = SkipLSTM(hidden=8, skip=skip, pool=pool, packed=True).eval()
+    packed.load_state_dict(padded.state_dict())
+    torch.testing.assert_close(packed(x, lengths), padded(x, lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_unpacked_lstm_sees_padding():
+    # Documents the report's behaviour: without packing, the backward direction reads padded frames.
+    net = SkipLSTM(hidden=8, packed=False, pool="mean").eval()
+    assert not torch.allclose(net(padded_batch(), LENGTHS), net(padded_batch(garbage=True), LENGTHS))
+
+
+# --- masking --------------------------------------------------------------
+
+MASKING_NETS = {
+    "attention-softmax": lambda: DecisionAttention(hidden=32, attention="softmax"),
+    "attention-sigmoid": lambda: DecisionAttention(hidden=32, attention="sigmoid"),
+    "multiattention": lambda: MultiLevelAttention(hidden=32, levels=3),
+    **{
+        f"skiplstm-packed-{pool}-skip{skip}": (lambda pool=pool, skip=skip: SkipLSTM(
+            hidden=8, layers=2, skip=skip, packed=True, pool=pool))
+        for pool in ("flatten", "mean", "max")
+        for skip in (True, False)
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASKING_NETS))
+def test_padded_frames_do_not_matter(name):
+    net = MASKING_NETS[name]().eval()
+    torch.manual_seed(1)
+    clean = padded_batch()
+    dirty = clean.clone()
+    pad = torch.arange(T) >= LENGTHS[:, None]
+    dirty[pad] = torch.randn(int(pad.sum()), D) * 5
+    torch.testing.assert_close(net(dirty, LENGTHS), net(clean, LENGTHS), rtol=1e-5, atol=1e-5)
+    # The one-frame clip gives the same output alone, with no padding at all.
+    torch.testing.assert_close(net(dirty[:1, :1], LENGTHS[:1]), net(dirty[:1], LENGTHS[:1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [DecisionAttention, MultiLevelAttention])
+def test_batchnorm_statistics_ignore_padding(cls):
+    # In training mode BatchNorm normalises with batch statistics; they must come from real frames only.
+    net = cls(hidden=32, dropout=0.0).train()
+    clean = padded_batch()
+    dirty = padded_batch(garbage=True)
+    dirty[torch.arange(T) < LENGTHS[:, None]] = clean[torch.arange(T) < LENGTHS[:, None]]
+    torch.testing.assert_close(net(dirty, LENGTHS), net(clean, LENGTHS), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_logits_are_logit_of_pooled_probability():
+    net = DecisionAttention(hidden=16, layers=2, num_classes=7, attention="sigmoid").eval()
+    x = padded_batch()
+    mask = torch.arange(T) < LENGTHS[:, None]
+    logits = net(x, LENGTHS)
+    h = net.embed(x.reshape(-1, D)).reshape(B, T, -1)
+    p = torch.sigmoid(net.classify(h))
+    a = torch.sigmoid(net.attend(h)) * mask[..., None]
+    expected = (a / a.sum(1, keepdim=True) * p).sum(1)
+    torch.testing.assert_close(torch.sigmoid(logits), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_logits_finite_when_saturated():
+    net = DecisionAttention(hidden=16, layers=1, num_classes=3, batch_norm=False, dropout=0.0)
+    with torch.no_grad():
+        net.classify.bias.fill_(60.0)
+    x = padded_batch()
+    logits = net(x, LENGTHS)
+    logits.sum().backward()
+    assert torch.isfinite(logits).all() and (logits > 30).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+# --- gradients ------------------------------------------------------------
+
+GRAD_CASES = [
+    ("fc", {}),
+    ("fc", {"hidden": [64, 32], "batch_norm": True, "dropout": 0.1, "activation": "gelu"}),
+    ("skiplstm", {"hidden": 8}),
+    ("skiplstm", {"hidden": 8, "packed": True, "pool": "max", "fc_hidden": [16], "dropout": 0.1}),
+    ("skiplstm", {"hidden": 8, "packed": True, "pool": "mean", "skip": False, "bidirectional": False}),
+    ("attention", {"hidden": 32}),
+    ("attention", {"hidden": 32, "attention": "sigmoid"}),
+    ("multiattention", {"hidden": 32}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", GRAD_CASES)
+def test_gradients_flow(name, kwargs):
+    net = build_net(name, **kwargs).train()
+    x = padded_batch().requires_grad_(True)
+    target = (torch.rand(B, C) < 0.05).float()
+    loss = nn.functional.binary_cross_entropy_with_logits(net(x, LENGTHS), target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+    assert torch.isfinite(x.grad).all()
+
+
+# --- registry -------------------------------------------------------------
+
+def test_registry():
+    assert set(NETS) == {"fc", "skiplstm", "attention", "multiattention"}
+    assert isinstance(build_net("skiplstm", layers=1, hidden=4), SkipLSTM)
+    assert isinstance(build_net("fc", hidden=[32]), FC)
+
+
+def test_build_net_unknown_name():
+    with pytest.raises(ValueError, match="'lstm'.*allowed: attention, fc, multiattention, skiplstm"):
+        build_net("lstm")
+
+
+def test_build_net_unknown_options():
+    with pytest.raises(TypeError, match="hiden, nlayers.*allowed: .*hidden.*dropout"):
+        build_net("fc", hiden=[3], nlayers=2)
+    with pytest.raises(ValueError, match="pol"):
+        build_net("skiplstm", pol="mean")
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("fc", {"activation": "swish"}, "activation.*gelu, relu, sigmoid, tanh"),
+        ("skiplstm", {"pool": "avg"}, "pool.*flatten, max, mean"),
+        ("skiplstm", {"layers": 0}, "layers"),
+        ("attention", {"attention": "tanh"}, "attention.*sigmoid, softmax"),
+        ("multiattention", {"levels": 0}, "levels"),
+    ],
+)
+def test_bad_option_values(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_net(name, **kwargs)
+
+
+def test_constructor_signatures_are_uniform():
+    for cls in NETS.values():
+        params = inspect.signature(cls).parameters
+        assert list(params)[:3] == ["num_classes", "in_dim", "max_frames"]
+        assert (params["num_classes"].default, params["in_dim"].default, params["max_frames"].default) == (527, 128, 10)
+        assert all(p.kind is p.KEYWORD_ONLY or p.default is not p.empty for p in params.values())
+
+
+def test_other_input_dim():
+    lengths = torch.tensor([4, 10])
+    x = torch.randn(2, T, 64)
+    for name in NETS:
+        net = build_net(name, in_dim=64, num_classes=5).eval()
+        assert net(x, lengths).shape == (2, 5)
