@@ -1,0 +1,69 @@
+"""Callbacks that every aer run uses: training throughput and metric history."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytorch_lightning as pl
+
+
+class Throughput(pl.Callback):
+    """Training clips per second of wall time, per epoch, from the epoch's start to its last batch.
+
+    Validation runs after the last training batch, so it is not counted; neither are checkpoint
+    writes at the epoch's end. `clips_per_s` is the median over the epochs after the first, which
+    pays for warm-up (allocator, thread pools).
+    """
+
+    def __init__(self) -> None:
+        self.epoch_rates: list[float] = []
+        self._start = self._last = 0.0
+        self._clips = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.perf_counter()
+        self._clips = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._clips += len(batch["y"]) * trainer.world_size
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._clips and self._last > self._start:
+            rate = self._clips / (self._last - self._start)
+            self.epoch_rates.append(rate)
+            pl_module.log("train/clips_per_s_epoch", rate, rank_zero_only=True)
+
+    @property
+    def clips_per_s(self) -> float:
+        rates = self.epoch_rates[1:] or self.epoch_rates
+        return statistics.median(rates) if rates else float("nan")
+
+    def state_dict(self) -> dict:
+        return {"epoch_rates": list(self.epoch_rates)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch_rates = list(state.get("epoch_rates", []))
+
+
+class BestMetric(pl.Callback):
+    """Tracks the best value a metric reached at any validation (kept across a resume)."""
+
+    def __init__(self, monitor: str = "val/mAP", mode: str = "max") -> None:
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+
+    # on_validation_end: callbacks' epoch-end hooks run before the module logs the epoch's metrics
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        v = float(trainer.callback_metrics[self.monitor])
+        if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
+            self.best = v
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")

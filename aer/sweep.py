@@ -1,0 +1,83 @@
+"""Sweep summaries: one table (markdown and CSV) of every job's metrics.json and overrides."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from aer.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("val/mAP", "val/mAP_best", "val/mAUC", "test/mAP", "test/mAUC", "test/dprime", "train/clips_per_s")
+
+
+def collect(sweep_dir: str | Path) -> list[dict]:
+    """One row per job dir (a folder holding .hydra/), in job order."""
+    rows = []
+    for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra"), key=lambda p: _job_key(p.parent)):
+        job = hydra_dir.parent
+        overrides = _overrides(hydra_dir / "overrides.yaml")
+        mfile = job / "metrics.json"
+        if mfile.exists():
+            m = json.loads(mfile.read_text())
+        else:
+            m = {"status": "failed", "error": "no metrics.json (killed or still running)"}
+        rows.append({"job": str(job.relative_to(sweep_dir)) if job != Path(sweep_dir) else ".",
+                     "overrides": " ".join(overrides), **m})
+    return rows
+
+
+def _job_key(p: Path):
+    return (len(p.parts), int(p.name) if p.name.isdigit() else 0, str(p))
+
+
+def _overrides(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def write_summary(sweep_dir: str | Path) -> list[dict]:
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    head = ["job", "overrides", "status", *cols, "error"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    for r in rows:
+        vals = [_fmt(r.get(h)) for h in head]
+        md.append("| " + " | ".join(v.replace("|", "\\|").replace("\n", " ") for v in vals) + " |")
+        w.writerow([r.get(h, "") if r.get(h) is not None else "" for h in head])
+    atomic_write_text(sweep_dir / "summary.md", "\n".join(md) + "\n")
+    atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: writes summary.md / summary.csv into the sweep dir when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():
+            return
+        rows = write_summary(sweep_dir)
+        failed = sum(r.get("status") != "ok" for r in rows)
+        log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "summary.md", len(rows), failed)
+        print((sweep_dir / "summary.md").read_text())
