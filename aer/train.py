@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> dict:
     check_train_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
     dm.check_layout()
     final = dm.mode == "final"
     with open_dict(cfg):

@@ -73,6 +73,8 @@ class AudioSetDataModule(pl.LightningDataModule):
                  num_workers: int = 0, pin_memory: bool = False, convert_workers: int = 1,
                  on_bad_record: str = "error", num_classes: int = NUM_CLASSES, demo: dict | None = None):
         super().__init__()
+        # Stored in checkpoints: evaluate.py finds the data and the dev split without the training config.
+        self.save_hyperparameters()
         _check_choice("data.mode", mode, MODES)
         _check_choice("data.normalize", normalize, NORMALIZE)
         _check_choice("data.on_bad_record", on_bad_record, ON_BAD)
@@ -146,6 +148,11 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self._sets:
+            return
+        if self.mode == "final" and stage in ("test", "predict"):
+            test = self._load(self.eval_split)
+            self._sets = {"test": self._dataset(test, np.arange(len(test["lengths"])))}
+            self._meta = {"test": test}
             return
         parts = [self._load(s) for s in self.train_splits]
         train = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -54,13 +54,15 @@ class FC(nn.Module):
         num_classes: int = 527,
         in_dim: int = 128,
         max_frames: int = 10,
-        hidden: Sequence[int] | None = None,
+        hidden: Sequence[int] | int | None = None,
         dropout: float = 0.0,
         activation: str = "relu",
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
         # None rather than a list default: a shared mutable default would leak between instances.
+        if isinstance(hidden, int):  # `model.hidden=256` on the command line means one hidden layer
+            hidden = [hidden]
         sizes = [500] if hidden is None else [int(h) for h in hidden]
         self.max_frames = max_frames
         flat_dim = in_dim * max_frames

@@ -1,0 +1,149 @@
+"""Training: configs compose, experiments smoke-run, sweeps run as users type them, runs repeat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from aer.train import run
+from conftest import CONF, TINY, compose_cfg, run_script, train_overrides
+
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "init", "data", "trainer")}
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_config_composes(group, option, tmp_path):
+    cfg = compose_cfg("train", [f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    assert cfg[group] is not None
+    if group == "model":
+        assert cfg.model.name == option
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_smoke_runs(experiment, demo_root, tmp_path):
+    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, f"experiment={experiment}",
+                                               "trainer.fast_dev_run=1", "data.batch_size=64"))
+    result = run(cfg)
+    assert result["status"] == "ok"
+    assert (tmp_path / "metrics.json").exists()
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_dev_run_writes_metrics_and_checkpoints(trained_run):
+    m = _metrics(trained_run)
+    for key in ("val/mAP", "val/mAUC", "val/mAP_best", "train/clips_per_s"):
+        assert isinstance(m[key], float), key
+    assert 0 < m["val/mAP"] <= 1 and 0 < m["val/mAUC"] <= 1
+    assert m["val/mAP_best"] >= m["val/mAP"] - 1e-12
+    ckpts = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    assert ckpts == ["best.ckpt", "last.ckpt"]
+    assert not any("=" in name for name in ckpts)
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_checkpoint_rebuilds_without_config(trained_run):
+    import torch
+
+    from aer.module import Tagger
+
+    path = trained_run / "checkpoints" / "best.ckpt"
+    model = Tagger.load_from_checkpoint(path, weights_only=True, map_location="cpu")
+    assert model.hparams.net == "fc"
+    x = torch.rand(3, 10, 128)
+    assert model(x, torch.tensor([10, 5, 1])).shape == (3, 527)
+    stored = torch.load(path, weights_only=True, map_location="cpu")["datamodule_hyper_parameters"]
+    assert stored["mode"] == "dev" and stored["val_fraction"] == 0.2
+
+
+def test_same_command_twice_gives_same_metrics(demo_root, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        results.append(run(compose_cfg("train", train_overrides(demo_root, out, "model=skiplstm",
+                                                                "model.hidden=16"))))
+    keys = ("val/mAP", "val/mAUC", "train/loss_epoch")
+    assert [results[0][k] for k in keys] == [results[1][k] for k in keys]
+
+
+def test_final_mode_tests_last_epoch_on_eval(demo_root, tmp_path):
+    result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, "data.mode=final")))
+    for key in ("test/mAP", "test/mAUC", "test/dprime"):
+        assert isinstance(result[key], float), key
+    assert "val/mAP" not in result
+    assert (tmp_path / "checkpoints" / "final.ckpt").exists()
+
+
+def test_multirun_as_users_type_it(demo_root, tmp_path):
+    overrides = [o for o in train_overrides(demo_root, tmp_path) if not o.startswith("paths.output_dir")]
+    proc = run_script("train.py", "-m", "model=fc,skiplstm", "init=xavier,kaiming", "model.hidden=16",
+                      "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                      *[o for o in overrides if not o.startswith(("trainer.max_epochs", "model.hidden"))])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 4
+    for job in jobs:
+        m = _metrics(job)
+        assert m["status"] == "ok", m
+        assert m["val/mAP"] > 0
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("| ok |") == 4
+    assert (sweep / "summary.csv").read_text().count("\n") == 5
+
+
+def test_failed_job_is_recorded_and_sweep_goes_on(demo_root, tmp_path):
+    overrides = [o for o in train_overrides(demo_root, tmp_path) if not o.startswith("paths.output_dir")]
+    proc = run_script("train.py", "-m", "optim.lr=0.001,-1", "trainer.max_epochs=1",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                      *[o for o in overrides if not o.startswith("trainer.max_epochs")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ok, bad = _metrics(tmp_path / "sweep" / "0"), _metrics(tmp_path / "sweep" / "1")
+    assert ok["status"] == "ok" and ok["val/mAP"] > 0
+    assert bad["status"] == "failed" and "optim.lr=-1" in bad["error"]
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "failed" in summary and "optim.lr=-1" in summary
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model=transformer", "Available options in 'model'"),
+    ("init=zeros", "Available options in 'init'"),
+    ("data.batch_size=-5", "data.batch_size=-5: expected a positive integer"),
+    ("data.mode=test", "data.mode='test': expected one of dev, final"),
+    ("data.train_split=everything", "data.train_split='everything'"),
+])
+def test_config_mistakes_fail_before_work(override, needle, demo_root, tmp_path):
+    proc = run_script("train.py", *train_overrides(demo_root, tmp_path), override, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_split_folders_named(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_script("train.py", "data=audioset", f"data.root={empty}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "bal_train" in err and str(empty) in err and "download" in err
+    assert "Traceback" not in proc.stderr
+
+
+def test_non_finite_loss_stops_with_advice(demo_root, tmp_path):
+    import torch
+
+    from aer.module import NonFiniteLossError, Tagger
+
+    model = Tagger()
+    with torch.no_grad():
+        model.net.net[0].weight.fill_(float("nan")) if hasattr(model.net, "net") else next(
+            model.net.parameters()).fill_(float("nan"))
+    batch = {"x": torch.rand(4, 10, 128), "lengths": torch.full((4,), 10), "y": torch.zeros(4, 527)}
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 0, step 0: try a lower optim.lr"):
+        model.training_step(batch, 0)
