@@ -125,21 +125,24 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     # ---- Lightning hooks
     def prepare_data(self) -> None:
+        for split in self.needed_splits:
+            self.prepare_split(split)
+
+    def prepare_split(self, split: str) -> Path:
+        """Makes sure `split` is converted (generating demo shards first when asked); its cache path."""
         if self.demo is not None and ensure_demo(self.root, **self.demo):
             log.info("generated demo shards in %s", self.root)
-        self.check_layout()
-        for split in self.needed_splits:
-            summary = convert(resolve_split_dir(self.root, split), self.cache_path(split),
-                              workers=self.convert_workers, on_bad_record=self.on_bad_record,
-                              num_classes=self.num_classes)
-            log.info("%s", summary)
+        if self.demo is None and not self.root.is_dir():
+            self.check_layout()
+        summary = convert(resolve_split_dir(self.root, split), self.cache_path(split),
+                          workers=self.convert_workers, on_bad_record=self.on_bad_record,
+                          num_classes=self.num_classes)
+        log.info("%s", summary)
+        return summary.out
 
     def _load(self, split: str) -> dict[str, np.ndarray]:
         if split not in self._arrays:
-            path = self.cache_path(split)
-            if not path.exists():
-                self.prepare_data()
-            self._arrays[split] = load_split(path)
+            self._arrays[split] = load_split(self.prepare_split(split))
         return self._arrays[split]
 
     def _dataset(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> ClipBatches:

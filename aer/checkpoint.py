@@ -1,0 +1,196 @@
+"""Checkpoints in, predictions out: safe loading, the data a checkpoint was trained on, fast inference.
+
+Checkpoints are read with `torch.load(weights_only=True)`: tensors and plain containers only, so
+a checkpoint from elsewhere cannot run code on load. Any file that is missing, truncated, not a
+torch file, or not an aer `Tagger` checkpoint raises `CheckpointError` with a one-line message
+that names the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import os
+import pickle
+import re
+import typing
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode
+
+from aer.data.datamodule import AudioSetDataModule
+from aer.module import Tagger
+
+log = logging.getLogger(__name__)
+
+# split to score → the data module mode that serves it as its test split
+SPLIT_MODES = {"eval": "final", "val": "dev"}
+
+# Checkpoints written before the data module's arguments were made plain values (aer.train now
+# instantiates it with _convert_="all") hold omegaconf containers among its hparams. These
+# classes carry data only (their unpickling sets attributes, it calls nothing), so they are
+# allowed on top of weights_only's tensors and builtins; they are turned into plain dicts on load.
+_OMEGACONF_GLOBALS = [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any,
+                      dict, list, int, collections.defaultdict]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and what is wrong."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _unpickler_detail(e: BaseException) -> tuple[str | None, str]:
+    """(the global the file would import, if that is why; the unpickler's own reason).
+
+    torch's weights_only refusal is a paragraph of advice; only these parts say what is wrong.
+    """
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return found.group(1), ""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", text, re.S)
+    return None, " ".join(found.group(1).split()) if found else _one_line(e)
+
+
+def _plain(obj):
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=False)
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint's dict, read with weights_only=True and checked to be an aer Tagger's."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory, expected a .ckpt file "
+                              f"(a training run keeps them in checkpoints/best.ckpt and last.ckpt)")
+    try:
+        with torch.serialization.safe_globals(_OMEGACONF_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a pickle protocol note on a foreign file: the error says it all
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        name, detail = _unpickler_detail(e)
+        if name:
+            raise CheckpointError(f"{p}: refused to load: it would import {name}, and a checkpoint is read as "
+                                  f"tensors and plain values only (torch.load weights_only=True)") from None
+        raise CheckpointError(f"{p}: not a readable torch checkpoint (truncated, or another format): "
+                              f"{detail}") from None
+    except Exception as e:  # noqa: BLE001 — whatever torch fails with, the file is unreadable
+        raise CheckpointError(f"{p}: not a readable torch checkpoint (truncated, or another format): "
+                              f"{_one_line(e)}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{p}: not an aer checkpoint (holds a {type(ckpt).__name__}, expected the dict "
+                              f"a Lightning ModelCheckpoint writes)")
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(ckpt.get("state_dict"), Mapping) or not isinstance(hp, Mapping) or "net" not in hp:
+        raise CheckpointError(f"{p}: not an aer checkpoint (expected 'state_dict' and 'hyper_parameters' with "
+                              f"'net', as train.py writes; found keys {sorted(map(str, ckpt))[:8]})")
+    ckpt["hyper_parameters"] = _plain(hp)
+    if ckpt.get("datamodule_hyper_parameters") is not None:
+        ckpt["datamodule_hyper_parameters"] = _plain(ckpt["datamodule_hyper_parameters"])
+    return ckpt
+
+
+def tagger_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> Tagger:
+    """Rebuilds the Tagger from a loaded checkpoint's hparams and weights (strict: every weight must fit)."""
+    hp = dict(ckpt["hyper_parameters"])
+    known = set(inspect.signature(Tagger.__init__).parameters) - {"self"}
+    extra = sorted(set(hp) - known)
+    if extra:
+        log.warning("%s: ignoring hparams this version of Tagger does not take: %s", source, ", ".join(extra))
+    try:
+        model = Tagger(**{k: v for k, v in hp.items() if k in known})
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as e:  # noqa: BLE001 — a network the hparams cannot rebuild, or weights that do not fit
+        raise CheckpointError(f"{source}: cannot rebuild its model (net={hp.get('net')!r}): {_one_line(e)}") from None
+    model.eval()
+    return model
+
+
+def load_tagger(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Tagger:
+    """The trained Tagger in a checkpoint, in eval mode, on `map_location`."""
+    return tagger_from_checkpoint(load_checkpoint(path, map_location), str(path)).to(map_location)
+
+
+def datamodule_from_checkpoint(path_or_ckpt: str | os.PathLike | dict, data_overrides: Mapping | None = None,
+                               split: str = "eval", source: str | None = None) -> AudioSetDataModule:
+    """The data module a checkpoint was trained with, serving `split` as its test split.
+
+    Its stored arguments are overlaid with the non-null `data_overrides` (e.g. another root).
+    split=eval scores the eval split (mode final); split=val scores the dev 20% held out from
+    the training split (mode dev), drawn with the stored split_seed and val_fraction, so it is
+    the same clips the training run validated on.
+    """
+    if split not in SPLIT_MODES:
+        raise ValueError(f"split={split!r}: expected one of {', '.join(SPLIT_MODES)}")
+    if isinstance(path_or_ckpt, dict):
+        ckpt, source = path_or_ckpt, source or "checkpoint"
+    else:
+        ckpt, source = load_checkpoint(path_or_ckpt), source or str(path_or_ckpt)
+    stored = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    overrides = {k: _plain(v) for k, v in (data_overrides or {}).items() if v is not None and not k.startswith("_")}
+    allowed = set(inspect.signature(AudioSetDataModule.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"data.{unknown[0]}: not an AudioSetDataModule argument "
+                         f"(expected one of {', '.join(sorted(allowed))})")
+    mode = SPLIT_MODES[split]
+    if overrides.pop("mode", mode) != mode:
+        # e.g. data=audioset brings its mode: dev along; which split is scored is split's to say
+        log.info("scoring split=%s: data.mode is %s whatever the data config says", split, mode)
+    # Inference needs no loader workers (batches are gathers from memory); the training run's may be many.
+    hp = {"num_workers": 0, "pin_memory": False}
+    hp.update({k: v for k, v in stored.items() if k in allowed and k not in ("num_workers", "pin_memory")})
+    hp.update(overrides)
+    hp["mode"] = mode
+    if not hp.get("root"):
+        raise CheckpointError(f"{source}: holds no data settings (datamodule_hyper_parameters); "
+                              f"pass data.root=... to say which data to score it on")
+    return AudioSetDataModule(**hp)
+
+
+def predict_split(model: Tagger, dm: AudioSetDataModule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probs float32 (N, C), labels bool (N, C), video_ids (N,)) for the data module's test split.
+
+    Plain batches through the network in eval mode under inference_mode: no Trainer, no logging.
+    """
+    dm.setup("test")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    try:
+        with torch.inference_mode():
+            for batch in dm.test_dataloader():
+                x, lengths = batch["x"].to(device), batch["lengths"].to(device)
+                probs.append(model.predict_proba(x, lengths).float().cpu())
+                labels.append(batch["y"] > 0.5)
+    finally:
+        model.train(was_training)
+    info = dm.split_info("test")
+    out_probs = torch.cat(probs).numpy() if probs else np.zeros((0, dm.num_classes), np.float32)
+    out_labels = torch.cat(labels).numpy() if labels else np.zeros((0, dm.num_classes), bool)
+    if out_labels.shape != info["labels"].shape or not np.array_equal(out_labels, info["labels"]):
+        # served batches and split_info must describe the same clips in the same order
+        raise RuntimeError(f"data.root={dm.root}: the test loader served {len(out_labels)} clips that do not "
+                           f"match split_info's {len(info['labels'])}")
+    if out_probs.shape[1] != out_labels.shape[1]:
+        raise ValueError(f"the model predicts {out_probs.shape[1]} classes but data.root={dm.root} has "
+                         f"{out_labels.shape[1]} (data.num_classes)")
+    return np.ascontiguousarray(out_probs, dtype=np.float32), out_labels.astype(bool), np.asarray(info["video_id"])

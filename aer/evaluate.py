@@ -1,0 +1,155 @@
+"""Scoring one checkpoint: mAP, mAUC, d′ on the eval split (or the dev 20%), per class, with predictions.
+
+Writes into the run dir:
+  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored (+ what was scored)
+  per_class.csv   index, mid, name, positives, AP, AUC (AP/AUC empty for classes without positives)
+  predictions.h5  probs float32 (N, C), labels bool (N, C), video_id (N,)
+"test/" names the scored split whichever it is (`split` says which), as `trainer.test` does.
+
+torch and Lightning take seconds to import, so they are imported inside `run`, after the config
+checks: a mistyped option is reported at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from aer.utils import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("eval", "val")
+# data.* keys that name files: given relative to where the user ran the command
+_PATH_KEYS = ("root", "cache_dir")
+
+
+def check_split(split) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected eval (the eval split) or val (the dev 20% held out of "
+                         f"the training split)")
+    return split
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raises ValueError naming the key; runs before anything heavy is imported or read."""
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.get("ckpt") in (None, ""):
+        raise ValueError("ckpt is missing: give the checkpoint to score, e.g. "
+                         "python evaluate.py ckpt=outputs/train/runs/<run>/checkpoints/best.ckpt")
+    check_split(cfg.get("split"))
+
+
+def data_overrides(cfg: DictConfig) -> dict:
+    """The non-null data.* values, as plain values, paths made absolute against the user's cwd."""
+    node = cfg.get("data")
+    if node is None:
+        return {}
+    data = OmegaConf.to_container(node, resolve=True)
+    out = {k: v for k, v in data.items() if v is not None and not str(k).startswith("_")}
+    for key in _PATH_KEYS:
+        if out.get(key):
+            out[key] = to_absolute_path(str(out[key]))
+    return out
+
+
+# ---- outputs
+def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, video_ids, attrs: Mapping) -> None:
+    """predictions.h5, written beside the target and renamed into place."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("probs", data=np.asarray(probs, dtype=np.float32))
+            f.create_dataset("labels", data=np.asarray(labels, dtype=bool), compression="gzip")
+            f.create_dataset("video_id", data=np.asarray(video_ids, dtype=object), dtype=h5py.string_dtype())
+            for k, v in attrs.items():
+                f.attrs[k] = v if isinstance(v, (int, float, str)) else str(v)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _num(v: float) -> str:
+    return "" if not np.isfinite(v) else f"{v:.10g}"
+
+
+def write_per_class(path: Path, summary: dict, class_names: list[tuple[str, str]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "mid", "name", "positives", "AP", "AUC"])
+    ap, auc, pos = summary["ap"].tolist(), summary["auc"].tolist(), summary["positives"].tolist()
+    for i, (mid, name) in enumerate(class_names):
+        w.writerow([i, mid, name, pos[i], _num(ap[i]), _num(auc[i])])
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, video_ids,
+                 class_names: list[tuple[str, str]], info: Mapping) -> tuple[dict, dict]:
+    """Scores `probs` and writes the three outputs (metrics.json last: it marks the run complete).
+
+    Returns (what metrics.json holds, the full `aer.metrics.summarize` result).
+    """
+    import torch
+
+    from aer.metrics import summarize
+
+    out = Path(out_dir)
+    if len(class_names) != probs.shape[1]:
+        raise ValueError(f"{len(class_names)} class names for {probs.shape[1]} classes")
+    summary = summarize(torch.from_numpy(probs), torch.from_numpy(labels))
+    write_predictions(out / "predictions.h5", probs, labels, video_ids,
+                      {"split": info.get("split", ""), "source": info.get("ckpt", info.get("members", ""))})
+    write_per_class(out / "per_class.csv", summary, class_names)
+    metrics = {"status": "ok", **{f"test/{k}": summary[k] for k in
+                                  ("mAP", "mAUC", "dprime", "classes_scored", "classes_unscored")},
+               "clips": int(len(probs)), **info}
+    write_json(out / "metrics.json", metrics)
+    return metrics, summary
+
+
+def format_scores(metrics: Mapping, num_classes: int) -> str:
+    return (f"mAP  {metrics['test/mAP']:.4f}\n"
+            f"mAUC {metrics['test/mAUC']:.4f}\n"
+            f"d'   {metrics['test/dprime']:.4f}\n"
+            f"classes scored: {metrics['test/classes_scored']} of {num_classes} "
+            f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Scores cfg.ckpt on cfg.split; returns what it writes to metrics.json."""
+    t0 = time.time()
+    check_config(cfg)
+    split = cfg.split
+    ckpt_path = Path(to_absolute_path(str(cfg.ckpt))).resolve()
+    overrides = data_overrides(cfg)
+
+    from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, predict_split, tagger_from_checkpoint
+    from aer.data.datamodule import read_class_labels
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = tagger_from_checkpoint(ckpt, str(ckpt_path))
+    dm = datamodule_from_checkpoint(ckpt, overrides, split, source=str(ckpt_path))
+    del ckpt  # the weights now live in the model
+    probs, labels, video_ids = predict_split(model, dm)
+    out_dir = Path(cfg.paths.output_dir)
+    info = {"split": split, "ckpt": str(ckpt_path), "net": model.hparams.net, "data_root": str(dm.root),
+            "seconds": round(time.time() - t0, 2)}
+    metrics, _ = write_report(out_dir, probs, labels, video_ids, read_class_labels(dm.root, dm.num_classes), info)
+    print(f"{ckpt_path} on split={split} ({len(probs)} clips from {dm.root})\n"
+          f"{format_scores(metrics, probs.shape[1])}\nwrote {out_dir}/metrics.json, per_class.csv, predictions.h5",
+          flush=True)
+    return metrics

@@ -1,0 +1,17 @@
+"""Ensemble checkpoints: `python ensemble.py ckpts=[a.ckpt,b.ckpt] | sweep=DIR [select=greedy]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+import aer.config  # noqa: F401 — registers the config resolvers
+from aer.entry import task
+from aer.ensemble import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="ensemble")
+def main(cfg: DictConfig):
+    return task(run)(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Checkpoints: safe loading (weights_only), one-line errors for bad files, data rebuilt from hparams, inference."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from aer.checkpoint import (CheckpointError, datamodule_from_checkpoint, load_checkpoint, load_tagger,
+                            predict_split)
+from aer.module import Tagger
+
+
+@pytest.fixture(scope="module")
+def best(trained_run):
+    return trained_run / "checkpoints" / "best.ckpt"
+
+
+def _touch(path):
+    """Stands for any code a pickle could run on load."""
+    open(path, "w").close()
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_touch, (self.marker,))
+
+
+def _error(path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_tagger(path)
+    msg = str(info.value)
+    assert str(path) in msg and "\n" not in msg, msg
+    return msg
+
+
+def test_load_tagger_matches_lightning_loader(best, trained_run):
+    model = load_tagger(best)
+    assert isinstance(model, Tagger) and not model.training and model.hparams.net == "fc"
+    ref = Tagger.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
+    x, lengths = torch.rand(4, 10, 128), torch.tensor([10, 3, 1, 10])
+    with torch.no_grad():
+        assert torch.equal(model.predict_proba(x, lengths), ref.predict_proba(x, lengths))
+
+
+def test_missing_directory_truncated_and_random_files(best, tmp_path):
+    assert "no such checkpoint" in _error(tmp_path / "nope.ckpt")
+    assert "directory" in _error(tmp_path)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    assert "not a readable torch checkpoint" in _error(truncated)
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    _error(noise)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    _error(empty)
+
+
+def test_foreign_torch_files(tmp_path):
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}}, plain)
+    assert "not an aer checkpoint" in _error(plain)
+    tensor = tmp_path / "tensor.ckpt"
+    torch.save(torch.zeros(3), tensor)
+    assert "holds a Tensor" in _error(tensor)
+
+
+@pytest.mark.parametrize("how", ["torch", "pickle"])
+def test_pickled_code_is_refused_not_run(tmp_path, how):
+    marker = tmp_path / "ran"
+    bad = tmp_path / f"{how}.ckpt"
+    if how == "torch":
+        torch.save({"state_dict": {}, "hyper_parameters": {"net": "fc"}, "x": Payload(marker)}, bad)
+    else:
+        bad.write_bytes(pickle.dumps(Payload(marker)))
+    msg = _error(bad)
+    assert not marker.exists(), "loading a checkpoint ran code"
+    if how == "torch":
+        assert "refused" in msg and "_touch" in msg
+
+
+def test_weights_that_do_not_fit_the_hparams(best, tmp_path):
+    ckpt = load_checkpoint(best)
+    ckpt["hyper_parameters"]["net_kwargs"] = {"hidden": [7]}
+    wrong = tmp_path / "wrong.ckpt"
+    torch.save(ckpt, wrong)
+    assert "cannot rebuild" in _error(wrong)
+
+
+def test_omegaconf_hparams_of_older_checkpoints_load_as_plain_values(best, tmp_path):
+    ckpt = load_checkpoint(best)
+    ckpt["datamodule_hyper_parameters"]["demo"] = OmegaConf.create(ckpt["datamodule_hyper_parameters"]["demo"])
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    loaded = load_checkpoint(old)
+    assert type(loaded["datamodule_hyper_parameters"]["demo"]) is dict
+    assert isinstance(load_tagger(old), Tagger)
+
+
+def test_datamodule_from_checkpoint(best, demo_root):
+    dm = datamodule_from_checkpoint(best, {}, "eval")
+    assert dm.mode == "final" and str(dm.root) == str(demo_root) and dm.num_workers == 0
+    dm = datamodule_from_checkpoint(best, {"eval_batch_size": 7, "batch_size": None, "mode": "final"}, "val")
+    assert dm.mode == "dev" and dm.eval_batch_size == 7 and dm.batch_size == 100
+    with pytest.raises(ValueError, match="split='test'"):
+        datamodule_from_checkpoint(best, {}, "test")
+    with pytest.raises(ValueError, match="data.colour"):
+        datamodule_from_checkpoint(best, {"colour": "red"}, "eval")
+    ckpt = load_checkpoint(best)
+    del ckpt["datamodule_hyper_parameters"]
+    with pytest.raises(CheckpointError, match="data.root"):
+        datamodule_from_checkpoint(ckpt, {}, "eval", source="x.ckpt")
+    assert datamodule_from_checkpoint(ckpt, {"root": str(demo_root)}, "eval").root == demo_root
+
+
+def test_predict_split_serves_the_split_in_order(best):
+    model = load_tagger(best).train()
+    dm = datamodule_from_checkpoint(best, {"eval_batch_size": 64}, "eval")
+    probs, labels, vids = predict_split(model, dm)
+    assert model.training, "predict_split must restore the model's mode"
+    assert probs.dtype == np.float32 and probs.shape == (300, 527)
+    assert labels.dtype == bool and labels.shape == (300, 527)
+    info = dm.split_info("test")
+    assert np.array_equal(vids, info["video_id"]) and np.array_equal(labels, info["labels"])
+    # one big batch gives the same numbers as batches of 64
+    one = datamodule_from_checkpoint(best, {"eval_batch_size": 4096}, "eval")
+    np.testing.assert_allclose(predict_split(model, one)[0], probs, atol=1e-6)
