@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aer.callbacks import BestMetric, Throughput
+from aer.ckpt_io import AtomicCheckpointIO
 from aer.config import check_train_config, module_kwargs
 from aer.module import Tagger
 from aer.utils import write_json
@@ -64,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + [throughput, best],
-                                                  logger=logger)
+                                                  logger=logger, plugins=[AtomicCheckpointIO()])
     if logger:
         logger.log_hyperparams(hparams_for_dashboard(cfg),
                                {"val/mAP": 0.0, "val/mAUC": 0.0, "test/mAP": 0.0, "test/mAUC": 0.0})
