@@ -1,0 +1,262 @@
+"""`python -m aer.predict ckpt=PATH input=DIR_OF_SHARDS_OR_FILE.h5 top_k=5`: each clip's likeliest classes.
+
+Writes `predictions.csv` (one row per clip and rank: video_id, rank, index, mid, name, prob) and
+`predictions.json` (one entry per clip: video_id, start_time, end_time, top: [{index, mid, name,
+prob}]) into `out=` (default: this command's Hydra run dir). Clips come in input order: shards
+sorted by name, as `python -m aer.data convert` stores them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import h5py
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+import aer.config  # noqa: F401 — registers the resolvers the config uses
+from aer.data.convert import ON_BAD, list_shards, load_split, read_shard
+from aer.entry import task
+
+if TYPE_CHECKING:
+    import torch
+
+    from aer.module import Tagger
+
+# torch and Lightning (aer.checkpoint, aer.module, aer.data.datamodule) are imported where they are
+# used: they take seconds to load, and a mistyped ckpt= or input= should fail before that.
+
+log = logging.getLogger(__name__)
+
+H5_SUFFIXES = (".h5", ".hdf5")
+LABELS_FILE = "class_labels_indices.csv"
+LABEL_COLUMNS = ("index", "mid", "display_name")
+CSV_COLUMNS = ("video_id", "rank", "index", "mid", "name", "prob")
+INPUT_KINDS = "a folder of .tfrecord shards, a .tfrecord file, or an .h5 from `python -m aer.data convert`"
+
+
+# ---- input
+def load_input(path: str | os.PathLike, on_bad_record: str = "error") -> dict[str, np.ndarray]:
+    """Clips of a shard folder, one shard, or a converted .h5: features uint8 (N, T, D), lengths, ids, times."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"input={path}: no such file or directory (expected {INPUT_KINDS})")
+    if p.is_file() and p.suffix.lower() in H5_SUFFIXES:
+        arrays = load_split(p)
+    elif p.is_dir() or p.suffix == ".tfrecord":
+        if p.is_dir() and not any(p.glob("*.tfrecord")):
+            splits = sorted(d.name for d in p.iterdir() if d.is_dir() and any(d.glob("*.tfrecord")))
+            if splits:  # a data root, not a split: say which splits it holds
+                raise FileNotFoundError(f"input={path}: holds split folders ({', '.join(splits)}), not shards: "
+                                        f"pass one of them, e.g. input={p / splits[-1]}")
+        shards = list_shards(p) if p.is_dir() else [p]
+        # shard by shard: read_shard keeps only its own clips, no HDF5 cache is written
+        parts = [read_shard(str(s), on_bad_record) for s in shards]
+        skipped = sum(len(r.skipped) for r in parts)
+        if skipped:
+            log.warning("input=%s: %d bad records skipped (on_bad_record=skip), e.g. %s", path, skipped,
+                        next(s for r in parts for s in r.skipped))
+        arrays = {
+            "features": np.concatenate([r.features for r in parts]),
+            "lengths": np.concatenate([r.lengths for r in parts]).astype(np.int64),
+            "video_id": np.array([v for r in parts for v in r.video_ids], dtype=object),
+            "start_time": np.concatenate([r.start_time for r in parts]),
+            "end_time": np.concatenate([r.end_time for r in parts]),
+        }
+    else:
+        raise ValueError(f"input={path}: a {p.suffix or 'suffix-less'} file, expected {INPUT_KINDS}")
+    if len(arrays["lengths"]) == 0:
+        raise ValueError(f"input={path}: holds no clips")
+    return arrays
+
+
+# ---- class names
+def labels_candidates(data_root: str | None, input_path: str | os.PathLike) -> list[Path]:
+    """Where a class_labels_indices.csv may be, most specific first: the training data's root, then
+    the root the input split came from (shards in <root>/<split>/, caches in <root>/aer_cache/)."""
+    inp = Path(input_path).expanduser()
+    dirs = [Path(data_root).expanduser()] if data_root else []
+    if inp.is_file() and inp.suffix.lower() in H5_SUFFIXES:
+        with contextlib.suppress(OSError), h5py.File(inp, "r") as f:
+            source = f.attrs.get("source")  # the shard folder convert read it from
+            if source:
+                dirs.append(Path(str(source)).parent)
+        dirs += [inp.parent.parent, inp.parent]
+    elif inp.is_file():
+        dirs += [inp.parent.parent, inp.parent]
+    else:
+        dirs += [inp.parent, inp]
+    return list(dict.fromkeys(d / LABELS_FILE for d in dirs))
+
+
+def read_labels(path: str | os.PathLike, num_classes: int) -> list[tuple[str, str]]:
+    """(mid, display_name) per class index from a class_labels_indices.csv; every class must be named."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"labels={path}: no such file (expected a {LABELS_FILE} with columns "
+                                f"{', '.join(LABEL_COLUMNS)})")
+    names: list[tuple[str, str] | None] = [None] * num_classes
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"labels={path}: no column {', '.join(missing)} (header {reader.fieldnames}; "
+                             f"expected {', '.join(LABEL_COLUMNS)})")
+        for line, row in enumerate(reader, start=2):
+            try:
+                i = int(row["index"])
+            except (TypeError, ValueError):
+                raise ValueError(f"labels={path}, line {line}: index={row['index']!r} is not an integer") from None
+            if 0 <= i < num_classes:
+                names[i] = (row["mid"], row["display_name"])
+    unnamed = [i for i, n in enumerate(names) if n is None]
+    if unnamed:
+        log.warning("labels=%s names %d of the model's %d classes; the others (first: %d) are named by index",
+                    path, num_classes - len(unnamed), num_classes, unnamed[0])
+    return [n if n is not None else ("", f"class {i}") for i, n in enumerate(names)]
+
+
+def class_names(labels: str | None, data_root: str | None, input_path: str | os.PathLike,
+                num_classes: int) -> tuple[list[tuple[str, str]], Path | None]:
+    """Class names from `labels=`, else from the first labels file found beside the data; and its path."""
+    if labels:
+        return read_labels(labels, num_classes), Path(labels).expanduser()
+    cands = labels_candidates(data_root, input_path)
+    for cand in cands:
+        if cand.is_file():
+            return read_labels(cand, num_classes), cand
+    log.warning("no %s in %s: pass labels=PATH to name the classes", LABELS_FILE,
+                ", ".join(str(c.parent) for c in cands))
+    from aer.data.datamodule import read_class_labels
+
+    # warns once more and names every class by its index
+    return read_class_labels(cands[0].parent if cands else Path("."), num_classes), None
+
+
+# ---- the model
+def iter_proba(model: Tagger, features: np.ndarray, lengths: np.ndarray,
+               batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, probabilities (B, C)) per batch; x is the uint8 features / 255, as in training."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for i in range(0, len(lengths), batch_size):
+            x = torch.from_numpy(features[i:i + batch_size]).to(device).float().div_(255.0)
+            n = torch.from_numpy(np.asarray(lengths[i:i + batch_size], dtype=np.int64)).to(device)
+            yield i, model.predict_proba(x, n).float().cpu()
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path):
+    """A text file written beside `path` and renamed over it only once the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_predictions(model: Tagger, clips: dict[str, np.ndarray], names: list[tuple[str, str]], top_k: int,
+                      out_dir: Path, batch_size: int = 4096) -> tuple[Path, Path]:
+    """Streams each batch's top-k into predictions.csv and predictions.json; their paths."""
+    import torch
+
+    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
+    ids, starts, ends = clips["video_id"], clips["start_time"], clips["end_time"]
+    with _atomic_open(csv_path) as fc, _atomic_open(json_path) as fj:
+        w = csv.writer(fc)
+        w.writerow(CSV_COLUMNS)
+        fj.write("[")
+        for first, probs in iter_proba(model, clips["features"], clips["lengths"], batch_size):
+            top_p, top_i = torch.topk(probs, top_k, dim=1)  # sorted, most probable first
+            for row, (ps, idx) in enumerate(zip(top_p.numpy(), top_i.numpy().tolist())):
+                clip = first + row
+                vid = str(ids[clip])
+                # str(float32): the shortest text that reads back as the same float32
+                probs_txt = [str(p) for p in ps]
+                top = []
+                for rank, (i, p) in enumerate(zip(idx, probs_txt), start=1):
+                    mid, name = names[i]
+                    w.writerow((vid, rank, i, mid, name, p))
+                    top.append({"index": i, "mid": mid, "name": name, "prob": float(p)})
+                entry = {"video_id": vid, "start_time": float(starts[clip]), "end_time": float(ends[clip]),
+                         "top": top}
+                fj.write(("\n" if clip == 0 else ",\n") + json.dumps(entry, ensure_ascii=False))
+        fj.write("\n]\n")
+    return csv_path, json_path
+
+
+def _check(cfg: DictConfig) -> None:
+    for key in ("ckpt", "input"):
+        if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
+            raise ValueError(f"{key} is not set: run `python -m aer.predict ckpt=PATH input=PATH` "
+                             f"(ckpt: a .ckpt from train.py; input: a folder of .tfrecord shards or an .h5)")
+    for key in ("top_k", "batch_size"):
+        val = cfg.get(key)
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"{key}={val!r}: expected a positive integer")
+    if cfg.get("on_bad_record", "error") not in ON_BAD:
+        raise ValueError(f"on_bad_record={cfg.on_bad_record!r}: expected one of {', '.join(ON_BAD)}")
+    # out defaults to the Hydra run dir, which does not resolve when the config was composed in code
+    if not OmegaConf.select(cfg, "out", throw_on_resolution_failure=False):
+        raise ValueError(f"out={OmegaConf.to_container(cfg)['out']!r}: not set, or unresolvable outside a "
+                         f"Hydra run: pass out=DIR, a folder for predictions.csv and predictions.json")
+    ckpt = Path(cfg.ckpt).expanduser()
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt={cfg.ckpt}: no such checkpoint file (expected a .ckpt from train.py, "
+                                f"e.g. <run dir>/checkpoints/best.ckpt)")
+    if not Path(cfg.input).expanduser().exists():
+        raise FileNotFoundError(f"input={cfg.input}: no such file or directory (expected {INPUT_KINDS})")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Predicts the top_k classes of every clip in `input` with the model in `ckpt`; what it wrote."""
+    t0 = time.time()
+    _check(cfg)
+    from aer.checkpoint import load_checkpoint, tagger_from_checkpoint
+
+    ckpt = load_checkpoint(cfg.ckpt)
+    model = tagger_from_checkpoint(ckpt, str(cfg.ckpt))
+    hp = model.hparams
+    if cfg.top_k > hp.num_classes:
+        raise ValueError(f"top_k={cfg.top_k}: the model has only {hp.num_classes} classes")
+    clips = load_input(cfg.input, cfg.get("on_bad_record", "error"))
+    shape = tuple(clips["features"].shape[1:])
+    if shape != (hp.max_frames, hp.in_dim):
+        raise ValueError(f"input={cfg.input}: clips of {shape[0]} frames × {shape[1]} dims, but the model in "
+                         f"ckpt={cfg.ckpt} takes {hp.max_frames} × {hp.in_dim}")
+    data_root = (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
+    names, labels_path = class_names(cfg.get("labels"), data_root, cfg.input, hp.num_classes)
+    out_dir = Path(cfg.out).expanduser()
+    csv_path, json_path = write_predictions(model, clips, names, cfg.top_k, out_dir, cfg.batch_size)
+    n = len(clips["lengths"])
+    log.info("top %d classes of %d clips: %s, %s", cfg.top_k, n, csv_path, json_path)
+    return {"status": "ok", "clips": n, "top_k": cfg.top_k, "csv": str(csv_path), "json": str(json_path),
+            "labels": str(labels_path) if labels_path else None, "ckpt": str(cfg.ckpt), "input": str(cfg.input),
+            "seconds": round(time.time() - t0, 2)}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig):
+    return task(run)(cfg)
+
+
+if __name__ == "__main__":
+    main()
