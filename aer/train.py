@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import StochasticWeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aer.callbacks import BestMetric, Throughput
@@ -46,8 +49,92 @@ def hparams_for_dashboard(cfg: DictConfig) -> dict:
     return flat
 
 
+def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
+    """A callback that writes last.ckpt after every epoch, where the monitored checkpoint would not.
+
+    Since Lightning 2.6 `save_last=True` writes last.ckpt only at the steps where a top-k
+    checkpoint is written, so with save_top_k=1 it holds the best epoch, not the last one (a
+    resume would restart from the best epoch, and last_ckpt would not be the final weights).
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_last is True and cb.monitor and cb.dirpath:
+            return [ModelCheckpoint(dirpath=cb.dirpath, filename=cb.CHECKPOINT_NAME_LAST, monitor=None,
+                                    save_top_k=1, save_last=False, enable_version_counter=False)]
+    return []
+
+
+def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning runs for a DDP rank > 0 under a Hydra multirun.
+
+    Lightning's own (`_hydra_subprocess_cmd`) re-runs sys.argv, which in a multirun is the whole
+    sweep (`-m a=1,2`): each rank would start a sweep of its own. This re-runs only the current
+    job, from its resolved overrides, in the job's own output dir.
+    """
+    import __main__
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    hc = HydraConfig.get()
+    script = ["-m", __main__.__spec__.name] if __main__.__spec__ else [str(Path(get_original_cwd(), sys.argv[0]))]
+    flags = [a for i, a in enumerate(sys.argv[1:], 1)
+             if a.startswith(("--config-", "-c")) or sys.argv[i - 1] in ("-cp", "-cn", "-cd", "--config-path",
+                                                                         "--config-name", "--config-dir")]
+    keep = [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(
+        ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.job.name", "hydra.output_subdir",
+         "hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper."))]
+    cmd = [sys.executable, *script, *flags, *hc.overrides.task, *keep,
+           f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name={hc.job.name}_ddp_process_{local_rank}",
+           "hydra.output_subdir=null"]
+    return cmd, get_original_cwd()
+
+
+def _check_ddp_launch(trainer: pl.Trainer) -> None:
+    """Makes Lightning's re-launch of the script for DDP ranks > 0 work in a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (type(launcher).__name__ != "_SubprocessScriptLauncher" or not HydraConfig.initialized()
+            or trainer.strategy.cluster_environment.creates_processes_externally):
+        return  # one process, ranks started by the cluster (srun, torchrun), or a rank > 0 itself
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return  # Lightning's own command re-runs this single run in its run dir
+    if not str(hc.launcher.get("_target_", "")).endswith("BasicLauncher"):
+        raise ValueError(
+            f"trainer.strategy={trainer.strategy.__class__.__name__} with {trainer.num_devices} devices starts its "
+            f"other ranks by re-running the script, which a {hc.launcher._target_.rsplit('.', 1)[-1]} job cannot do: "
+            f"sweep DDP runs with the basic launcher (one job after another), or on SLURM with "
+            f"hydra/launcher=submitit_slurm and hydra.launcher.tasks_per_node=<devices> (SLURM starts every rank)")
+    import pytorch_lightning.strategies.launchers.subprocess_script as sub
+
+    sub._hydra_subprocess_cmd = _ddp_child_command
+
+
+# Set in os.environ by Lightning's DDP launch; a multirun's next job must start without them.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
 def run(cfg: DictConfig) -> dict:
     """Trains (and, in final mode, tests) one model; returns what it writes to metrics.json."""
+    env = {k: os.environ.get(k) for k in _DDP_ENV}
+    try:
+        return _run(cfg)
+    finally:  # leave the process as a multirun's next job (or DDP run) expects to find it
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(cfg: DictConfig) -> dict:
     t0 = time.time()
     check_train_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
@@ -62,9 +149,17 @@ def run(cfg: DictConfig) -> dict:
             cfg.callbacks.model_checkpoint.filename = "final"
     model = Tagger(**module_kwargs(cfg))
     throughput, best = Throughput(), BestMetric("val/mAP")
+    swa = cfg.get("swa") or {}
+    if swa.get("enabled"):
+        callbacks_extra = [StochasticWeightAveraging(swa_lrs=swa.get("lr") or cfg.optim.lr,
+                                                     swa_epoch_start=swa.get("epoch_start", 0.75),
+                                                     annealing_epochs=swa.get("annealing_epochs", 1))]
+    else:
+        callbacks_extra = []
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += last_epoch_checkpoint(callbacks)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + [throughput, best],
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + callbacks_extra + [throughput, best],
                                                   logger=logger, plugins=[AtomicCheckpointIO()])
     if logger:
         logger.log_hyperparams(hparams_for_dashboard(cfg),
@@ -74,9 +169,16 @@ def run(cfg: DictConfig) -> dict:
         dm.setup("fit")
         model.set_input_stats(*dm.input_stats())
     ckpt_cb = trainer.checkpoint_callback
+    _check_ddp_launch(trainer)
     trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), Path(ckpt_cb.dirpath)))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
+    best_path = ckpt_cb.best_model_path or None
+    if callbacks_extra:  # the model now holds the averaged weights: they are the run's result
+        best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")
+        trainer.save_checkpoint(best_path)
+        if not final:
+            metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
     if final:
         for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items():
             metrics[k] = float(v)
@@ -85,7 +187,7 @@ def run(cfg: DictConfig) -> dict:
     metrics["train/clips_per_s"] = throughput.clips_per_s
     result = {
         **metrics, "status": "ok", "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-        "best_ckpt": ckpt_cb.best_model_path or None, "last_ckpt": ckpt_cb.last_model_path or None,
+        "best_ckpt": best_path, "last_ckpt": ckpt_cb.last_model_path or None,
         "seconds": round(time.time() - t0, 2),
     }
     if trainer.is_global_zero:
