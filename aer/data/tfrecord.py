@@ -39,29 +39,30 @@ def scan_records(path: str | os.PathLike, data: bytes | None = None) -> Iterator
     if data is None:
         with open(path, "rb") as f:
             data = f.read()
-    view = memoryview(data)
+    data = bytes(data)  # slices of bytes are what the CRC and the parser take
+    crc, unpack_len, unpack_crc = google_crc32c.value, _LEN.unpack_from, _CRC.unpack_from
     pos, index, end = 0, 0, len(data)
     while pos < end:
         if end - pos < 12:
             yield index, None, f"truncated header ({end - pos} of 12 bytes)"
             return
-        header = bytes(view[pos:pos + 8])
-        (length,) = _LEN.unpack(header)
-        (len_crc,) = _CRC.unpack_from(view, pos + 8)
-        if masked_crc(header) != len_crc:
+        (length,) = unpack_len(data, pos)
+        c = crc(data[pos:pos + 8])  # masked_crc, inlined: this loop runs once per record
+        if (((c >> 15) | (c << 17)) + _MASK_DELTA) & 0xFFFFFFFF != unpack_crc(data, pos + 8)[0]:
             yield index, None, "length CRC mismatch (corrupt header)"
             return
         start = pos + 12
         if end - start < length + 4:
             yield index, None, f"truncated payload ({max(end - start - 4, 0)} of {length} bytes)"
             return
-        payload = bytes(view[start:start + length])
-        (data_crc,) = _CRC.unpack_from(view, start + length)
-        if masked_crc(payload) != data_crc:
+        pos = start + length
+        payload = data[start:pos]
+        c = crc(payload)
+        if (((c >> 15) | (c << 17)) + _MASK_DELTA) & 0xFFFFFFFF != unpack_crc(data, pos)[0]:
             yield index, None, "data CRC mismatch (corrupt payload)"
         else:
             yield index, payload, None
-        pos = start + length + 4
+        pos += 4
         index += 1
 
 

@@ -1,0 +1,247 @@
+"""AudioSetDataModule and the batch samplers: splits, batches, order, balance, ranks, and errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aer.data.datamodule import AudioSetDataModule, default_cache_dir
+from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
+from conftest import TINY
+from test_convert import expected_split
+
+
+def make_dm(root: Path, cache: Path, **kw) -> AudioSetDataModule:
+    kw = {"batch_size": 64, "eval_batch_size": 100, **kw}
+    return AudioSetDataModule(root=str(root), cache_dir=str(cache), **kw)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def oracle(demo_root) -> dict:
+    """What the demo splits hold, from the independent reader, keyed by video id."""
+    out = {}
+    for split in ("bal_train", "eval"):
+        e = expected_split(demo_root / split)
+        out[split] = e
+        out[split + "_row"] = {v: i for i, v in enumerate(e["video_id"])}
+    return out
+
+
+def _rows(dm, name):
+    return set(dm._sets[name].rows.tolist())
+
+
+def test_dev_split_is_a_seeded_disjoint_covering_80_20(demo_root, cache):
+    dm = make_dm(demo_root, cache)
+    dm.setup("fit")
+    train, val = _rows(dm, "train"), _rows(dm, "val")
+    assert not train & val and train | val == set(range(TINY))
+    assert len(val) == round(0.2 * TINY)
+    assert dm._sets["test"] is dm._sets["val"]  # dev mode never touches eval
+    assert not (cache / "eval.h5").exists()
+    again = make_dm(demo_root, cache, seed=99)  # the training seed does not move the split
+    again.setup("fit")
+    assert _rows(again, "val") == val
+    other = make_dm(demo_root, cache, split_seed=1)
+    other.setup("fit")
+    assert _rows(other, "val") != val and len(_rows(other, "val")) == len(val)
+    frac = make_dm(demo_root, cache, val_fraction=0.1)
+    frac.setup("fit")
+    assert len(_rows(frac, "val")) == 60
+
+
+def test_final_mode_trains_on_all_and_tests_on_eval(demo_root, cache, oracle):
+    dm = make_dm(demo_root, cache, mode="final")
+    dm.setup("fit")
+    assert _rows(dm, "train") == set(range(TINY)) and "val" not in dm._sets
+    assert dm.val_dataloader() == []
+    info = dm.split_info("test")
+    assert list(info["video_id"]) == list(oracle["eval"]["video_id"])
+    assert np.array_equal(info["labels"], oracle["eval"]["labels"])
+    only_test = make_dm(demo_root, cache, mode="final")
+    only_test.setup("test")
+    assert set(only_test._sets) == {"test"} and len(only_test._sets["test"]) == 300
+
+
+def test_batches_are_scaled_padded_and_labelled(demo_root, cache, oracle):
+    dm = make_dm(demo_root, cache)
+    dm.setup("fit")
+    want = oracle["bal_train"]
+    ids = dm._meta["train"]["video_id"]
+    seen = []
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        for b in loader:
+            assert b["x"].dtype == torch.float32 and b["x"].shape[1:] == (10, 128)
+            assert 0.0 <= float(b["x"].min()) and float(b["x"].max()) <= 1.0
+            rows = [oracle["bal_train_row"][ids[i]] for i in b["index"].tolist()]
+            np.testing.assert_array_equal(b["lengths"].numpy(), want["lengths"][rows])
+            np.testing.assert_allclose(b["x"].numpy(), want["features"][rows] / 255.0, rtol=0, atol=1e-7)
+            pad = torch.arange(10)[None, :] >= b["lengths"][:, None]
+            assert not b["x"][pad].any()
+            np.testing.assert_array_equal(b["y"].numpy(), want["labels"][rows].astype(np.float32))
+            assert b["y"].dtype == torch.float32
+            seen += b["index"].tolist()
+    assert sorted(seen) == list(range(TINY))  # one pass over train and val: every clip once
+    assert (want["lengths"] < 10).any()
+
+
+def test_batch_order_depends_only_on_seed_and_epoch(demo_root, cache):
+    def order(seed, epoch):
+        dm = make_dm(demo_root, cache, seed=seed)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return [b["index"].tolist() for b in loader]
+
+    a = order(0, 0)
+    assert a == order(0, 0)
+    assert a != order(0, 1) and order(0, 1) == order(0, 1)
+    assert a != order(1, 0)
+    assert sorted(sum(a, [])) == sorted(sum(order(0, 1), []))  # a permutation of the same clips
+    assert [len(b) for b in a] == [64] * (480 // 64) + [480 % 64]
+
+
+def test_balanced_sampler_draws_classes_about_uniformly():
+    rng = np.random.default_rng(0)
+    sizes = [1, 3, 10, 30, 100, 300, 1000]  # heavily long-tailed: one label per clip
+    labels = np.zeros((sum(sizes), 8), bool)
+    cls = np.repeat(np.arange(7), sizes)
+    labels[np.arange(len(cls)), cls] = True
+    rng.shuffle(labels)
+    s = BalancedBatchSampler(labels, batch_size=500, seed=3)
+    drawn = []
+    for epoch in range(8):
+        s.set_epoch(epoch)
+        drawn += list(s)
+    drawn = np.concatenate(drawn)
+    counts = np.bincount(labels[drawn].argmax(1), minlength=8)[:7]
+    expect = len(drawn) / 7
+    assert np.all(np.abs(counts - expect) < 5 * np.sqrt(expect)), counts  # class 7 (no clips) never drawn
+    assert len(list(BalancedBatchSampler(labels, 500, seed=3))) == len(s)
+    s.set_epoch(2)
+    first = [b.tolist() for b in s]
+    s2 = BalancedBatchSampler(labels, 500, seed=3)
+    s2.set_epoch(2)
+    assert first == [b.tolist() for b in s2]
+
+
+def test_datamodule_balanced_loader(demo_root, cache):
+    dm = make_dm(demo_root, cache, balanced=True, batch_size=100)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, BalancedBatchSampler)
+    idx = torch.cat([b["index"] for b in loader]).numpy()
+    assert len(idx) == 480 and set(idx) <= _rows(dm, "train")
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 100, 1001])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_eval_sampler_covers_each_clip_once_across_ranks(n, world):
+    got = []
+    for rank in range(world):
+        s = EvalBatchSampler(n, batch_size=16)
+        s.set_distributed(rank, world)
+        batches = list(s)
+        assert len(batches) == len(s)
+        assert all(len(b) <= 16 for b in batches)
+        got += [i for b in batches for i in b.tolist()]
+    assert sorted(got) == list(range(n))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("n, world", [(1001, 2), (1001, 3), (100, 4), (7, 3), (64, 4)])
+def test_epoch_sampler_gives_every_rank_the_same_number_of_batches(n, world, drop_last):
+    per_rank = []
+    covered = []
+    for rank in range(world):
+        s = EpochBatchSampler(n, batch_size=32, shuffle=True, seed=5, drop_last=drop_last)
+        s.set_distributed(rank, world)
+        s.set_epoch(3)
+        batches = list(s)
+        assert len(batches) == len(s)
+        per_rank.append(len(batches))
+        covered += [i for b in batches for i in b.tolist()]
+    assert len(set(per_rank)) == 1 and per_rank[0] >= (0 if drop_last else 1)
+    if not drop_last:
+        assert set(covered) == set(range(n))  # every clip, some twice when n does not divide
+    with pytest.raises(ValueError, match="rank 2 outside 0..1"):
+        EpochBatchSampler(n, 4, True).set_distributed(2, 2)
+
+
+def test_missing_folders_say_what_was_expected_where_and_how_to_get_it(tmp_path, demo_root):
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as e:
+        make_dm(nowhere, tmp_path / "c").check_layout()
+    msg = str(e.value)
+    assert f"data.root={nowhere} does not exist" in msg and "python -m aer.data download" in msg
+    assert "data=demo" in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as e:
+        make_dm(tmp_path / "empty", tmp_path / "c").setup("fit")
+    msg = str(e.value)
+    assert "has no 'bal_train' folder" in msg and f"{tmp_path / 'empty' / 'bal_train'}/*.tfrecord" in msg
+    assert f"python -m aer.data download {tmp_path / 'empty'}" in msg
+    only_train = tmp_path / "only_train"
+    only_train.mkdir()
+    (only_train / "bal_train").symlink_to(demo_root / "bal_train")
+    make_dm(only_train, tmp_path / "c").check_layout()  # dev mode needs no eval
+    with pytest.raises(FileNotFoundError, match="has no 'eval' folder"):
+        make_dm(only_train, tmp_path / "c", mode="final").check_layout()
+
+
+def test_release_layout_with_audioset_v1_embeddings_folder(tmp_path, demo_root):
+    (tmp_path / "audioset_v1_embeddings").mkdir()
+    (tmp_path / "audioset_v1_embeddings" / "bal_train").symlink_to(demo_root / "bal_train")
+    dm = make_dm(tmp_path, tmp_path / "c")
+    dm.setup("fit")
+    assert len(dm._sets["train"]) + len(dm._sets["val"]) == TINY
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"train_split": "eval"}, "data.train_split='eval': expected one of bal_train, unbal_train, all"),
+    ({"train_split": "bal"}, "data.train_split='bal': expected one of bal_train, unbal_train, all"),
+    ({"train_split": ["bal_train", "eval"]}, "data.train_split='eval': expected one of bal_train, unbal_train"),
+    ({"mode": "test"}, "data.mode='test': expected one of dev, final"),
+    ({"normalize": "z"}, "data.normalize='z'"),
+    ({"on_bad_record": "ignore"}, "data.on_bad_record='ignore'"),
+    ({"batch_size": 0}, "data.batch_size=0: expected a positive integer"),
+    ({"val_fraction": 1.0}, "data.val_fraction=1.0"),
+])
+def test_choices_are_validated(kw, message, tmp_path):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        make_dm(tmp_path, tmp_path, **kw)
+
+
+def test_train_split_choices_map_to_folders(tmp_path):
+    assert make_dm(tmp_path, tmp_path).train_splits == ["bal_train"]
+    assert make_dm(tmp_path, tmp_path, train_split="all").train_splits == ["bal_train", "unbal_train"]
+    assert make_dm(tmp_path, tmp_path, train_split="all", mode="final").needed_splits == [
+        "bal_train", "unbal_train", "eval"]
+
+
+def test_default_cache_dir_sits_beside_writable_data(tmp_path):
+    assert default_cache_dir(tmp_path) == tmp_path / "aer_cache"
+
+
+def test_input_stats_use_real_frames_only(demo_root, cache, oracle):
+    dm = make_dm(demo_root, cache)
+    dm.setup("fit")
+    mean, std = dm.input_stats()
+    want = oracle["bal_train"]
+    ids = dm._meta["train"]["video_id"]
+    rows = [oracle["bal_train_row"][ids[i]] for i in dm._sets["train"].rows.tolist()]
+    feats, lengths = want["features"][rows], want["lengths"][rows]
+    real = feats[np.arange(10)[None, :] < lengths[:, None]] / 255.0
+    np.testing.assert_allclose(mean.numpy(), real.mean(0), atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), real.std(0), atol=1e-4)
+    counts = Counter(lengths.tolist())
+    assert counts[10] < len(lengths)
