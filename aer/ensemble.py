@@ -24,6 +24,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aer.evaluate import check_split, data_overrides, format_scores, write_report
+from aer.sweep import job_key
 from aer.utils import write_json
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ _FALLBACKS = ("best.ckpt", "final.ckpt", "last.ckpt")
 
 
 # ---- members
-def _job_key(rel: Path):
-    return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in rel.parts]
-
-
 def sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
     """The best checkpoint of every finished job under `sweep_dir`, in job order; failed jobs are skipped.
 
@@ -50,7 +47,7 @@ def sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"sweep={root}: no such directory (expected a train.py -m sweep dir)")
     found = []
-    for mfile in sorted(root.rglob("metrics.json"), key=lambda p: _job_key(p.parent.relative_to(root))):
+    for mfile in sorted(root.rglob("metrics.json"), key=lambda p: job_key(p.parent.relative_to(root))):
         job = mfile.parent
         rel = job.relative_to(root)
         try:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from omegaconf import OmegaConf
 
-from aer.sweep import _fmt, _job_key, _overrides, collect, write_summary
+from aer.sweep import collect, fmt, job_key, read_overrides, write_summary
 from aer.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _run_overrides(run: Path, tb_dirs: list[Path]) -> list[str]:
     """The run's Hydra overrides; for a run made without the CLI, the flat hparams its logger saved."""
     hydra_file = run / ".hydra" / "overrides.yaml"
     if hydra_file.exists():
-        return _overrides(hydra_file)
+        return read_overrides(hydra_file)
     for tb in tb_dirs:
         hp = tb / "hparams.yaml"
         if hp.exists():
@@ -132,7 +132,7 @@ def find_runs(root: str | os.PathLike, exclude: Path | None = None) -> list[Run]
             f"{root}: no TensorBoard event files ({EVENT_GLOB}) found: expected a run dir from train.py "
             f"(with tensorboard/) or a sweep dir holding such runs")
     runs = []
-    for run_dir in sorted(by_run, key=_job_key):
+    for run_dir in sorted(by_run, key=job_key):
         tbs = sorted(by_run[run_dir])
         name = "." if run_dir == root else str(run_dir.relative_to(root))
         run = Run(run_dir, name, _run_overrides(run_dir, tbs), read_curves(tbs))
@@ -306,7 +306,7 @@ def _metrics_table(run_dir: Path) -> list[str]:
     m = json.loads(mfile.read_text())
     lines = ["| metric | value |", "|---|---|"]
     for k, v in m.items():
-        cell = _fmt(v).replace("|", "\\|")
+        cell = fmt(v).replace("|", "\\|")
         lines.append(f"| {k} | {cell} |")
     return lines
 
@@ -319,9 +319,9 @@ def _curves_table(runs: list[Run], labels: list[str]) -> list[str]:
         if "val/mAP" in run.curves:
             x, y = run.curves["val/mAP"]
             best = int(np.nanargmax(y))
-            cells[2:5] = [f"{x[-1]:g}", _fmt(float(y[best])), f"{x[best]:g}"]
+            cells[2:5] = [f"{x[-1]:g}", fmt(float(y[best])), f"{x[best]:g}"]
         if "val/mAUC" in run.curves:
-            cells[5] = _fmt(float(run.curves["val/mAUC"][1][-1]))
+            cells[5] = fmt(float(run.curves["val/mAUC"][1][-1]))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines
 

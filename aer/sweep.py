@@ -21,9 +21,9 @@ COLUMNS = ("val/mAP", "val/mAP_best", "val/mAUC", "test/mAP", "test/mAUC", "test
 def collect(sweep_dir: str | Path) -> list[dict]:
     """One row per job dir (a folder holding .hydra/), in job order."""
     rows = []
-    for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra"), key=lambda p: _job_key(p.parent)):
+    for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra"), key=lambda p: job_key(p.parent)):
         job = hydra_dir.parent
-        overrides = _overrides(hydra_dir / "overrides.yaml")
+        overrides = read_overrides(hydra_dir / "overrides.yaml")
         mfile = job / "metrics.json"
         if mfile.exists():
             m = json.loads(mfile.read_text())
@@ -34,11 +34,12 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
-def _job_key(p: Path):
-    return (len(p.parts), int(p.name) if p.name.isdigit() else 0, str(p))
+def job_key(path: Path) -> list[tuple]:
+    """Sorts job folders as Hydra numbers them: 2 before 10, numbers before names."""
+    return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in Path(path).parts]
 
 
-def _overrides(path: Path) -> list[str]:
+def read_overrides(path: Path) -> list[str]:
     if not path.exists():
         return []
     from omegaconf import OmegaConf
@@ -46,25 +47,40 @@ def _overrides(path: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(path)]
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4f}"
     return "" if v is None else str(v)
 
 
+def swept(rows: list[dict]) -> list[str]:
+    """Override keys whose values differ between jobs: what the sweep compares."""
+    values: dict[str, set] = {}
+    for r in rows:
+        for o in r["overrides"].split():
+            key, _, val = o.partition("=")
+            values.setdefault(key, set()).add(val)
+    keys = [k for k, v in values.items() if len(v) > 1]
+    return keys or list(values)
+
+
 def write_summary(sweep_dir: str | Path) -> list[dict]:
+    """Writes summary.md (swept values only) and summary.csv (full overrides); returns the rows."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
+    keys = set(swept(rows))
+    for r in rows:
+        r["swept"] = " ".join(o for o in r["overrides"].split() if o.partition("=")[0] in keys)
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    head = ["job", "overrides", "status", *cols, "error"]
+    head = ["job", "swept", "status", *cols, "error"]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(head)
+    w.writerow([*head, "overrides"])
     for r in rows:
-        vals = [_fmt(r.get(h)) for h in head]
+        vals = [fmt(r.get(h)) for h in head]
         md.append("| " + " | ".join(v.replace("|", "\\|").replace("\n", " ") for v in vals) + " |")
-        w.writerow([r.get(h, "") if r.get(h) is not None else "" for h in head])
+        w.writerow([r.get(h) if r.get(h) is not None else "" for h in head] + [r["overrides"]])
     atomic_write_text(sweep_dir / "summary.md", "\n".join(md) + "\n")
     atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
     return rows

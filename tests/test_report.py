@@ -64,7 +64,7 @@ def test_report_on_a_sweep(sweep_dir):
     md = (out / "report.md").read_text()
     assert "![init](sweep_init.png)" in md
     # aer.sweep's job table, one row per job
-    assert "| job | overrides | status |" in md
+    assert "| job | swept | status |" in md
     assert md.count("| ok |") == 2 and "init=xavier" in md and "init=kaiming" in md
 
 
