@@ -34,10 +34,24 @@ def _curves(scores: torch.Tensor, labels: torch.Tensor):
     return tps, fps, rank, last, previous
 
 
+# Score elements (clips x classes) per block of classes: the curves take ~30 bytes per element,
+# so a block holds ~0.5 GB whatever the split size (all 527 classes of a 400k-clip split at once
+# would take ~14 GB).
+_BLOCK_ELEMENTS = 1 << 24
+
+
 def per_class_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(AP, AUC) per class; NaN where a class has no positives (AUC also where it has no negatives)."""
     if scores.shape != labels.shape or scores.ndim != 2:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must be equal (N, C)")
+    step = max(1, _BLOCK_ELEMENTS // max(1, scores.shape[0]))
+    if step >= scores.shape[1]:
+        return _per_class_scores(scores, labels)
+    parts = [_per_class_scores(scores[:, i:i + step], labels[:, i:i + step]) for i in range(0, scores.shape[1], step)]
+    return torch.cat([ap for ap, _ in parts]), torch.cat([auc for _, auc in parts])
+
+
+def _per_class_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     tps, fps, rank, last, previous = _curves(scores, labels)
     pos, neg = tps[:, -1], fps[:, -1]
     tp_prev, fp_prev = previous(tps), previous(fps)
@@ -89,6 +103,24 @@ class TaggingMetrics(Metric):
     def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
         self.scores.append(scores.detach().float())
         self.labels.append(labels.detach().bool())
+
+    def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
+        # A rank that scored no clips (fewer clips than ranks) must still join the gather with a
+        # (0, classes) tensor: torchmetrics' stand-in is 1-D, and gathering it with the other
+        # ranks' 2-D states fails (gloo) or hangs. The class count comes from the other ranks.
+        if isinstance(self.scores, list):
+            import torch.distributed as dist
+
+            group = process_group or self.process_group
+            cols = torch.tensor([self.scores[0].shape[1] if self.scores else 0], device=self.device)
+            dist.all_reduce(cols, op=dist.ReduceOp.MAX, group=group)
+            if not self.scores and int(cols) > 0:
+                self.scores.append(torch.zeros(0, int(cols), device=self.device))
+                self.labels.append(torch.zeros(0, int(cols), dtype=torch.bool, device=self.device))
+        kwargs = {"process_group": process_group}
+        if dist_sync_fn is not None:
+            kwargs["dist_sync_fn"] = dist_sync_fn
+        super()._sync_dist(**kwargs)
 
     def _cat(self):
         cat = lambda v: torch.cat(v) if isinstance(v, list) else v  # noqa: E731 — list before sync, tensor after

@@ -107,6 +107,10 @@ class Tagger(pl.LightningModule):
 
     # ---- evaluation
     def _eval_step(self, batch: dict, metrics: TaggingMetrics, prefix: str) -> None:
+        if len(batch["y"]) == 0:  # a DDP rank with no clips to score: it only joins the epoch-end syncs
+            self.log(f"{prefix}/loss", torch.zeros((), device=self.device), on_epoch=True, batch_size=0,
+                     sync_dist=True)
+            return
         logits = self(batch["x"], batch["lengths"])
         loss = F.binary_cross_entropy_with_logits(logits, batch["y"])
         self.log(f"{prefix}/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import StochasticWeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -107,7 +108,7 @@ def _check_ddp_launch(trainer: pl.Trainer) -> None:
             f"trainer.strategy={trainer.strategy.__class__.__name__} with {trainer.num_devices} devices starts its "
             f"other ranks by re-running the script, which a {hc.launcher._target_.rsplit('.', 1)[-1]} job cannot do: "
             f"sweep DDP runs with the basic launcher (one job after another), or on SLURM with "
-            f"hydra/launcher=submitit_slurm and hydra.launcher.tasks_per_node=<devices> (SLURM starts every rank)")
+            f"hydra/launcher=slurm_ddp (one SLURM task per device: SLURM starts every rank)")
     import pytorch_lightning.strategies.launchers.subprocess_script as sub
 
     sub._hydra_subprocess_cmd = _ddp_child_command
@@ -138,6 +139,8 @@ def _run(cfg: DictConfig) -> dict:
     t0 = time.time()
     check_train_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
     dm.check_layout()

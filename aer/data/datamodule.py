@@ -145,6 +145,16 @@ class AudioSetDataModule(pl.LightningDataModule):
             self._arrays[split] = load_split(self.prepare_split(split))
         return self._arrays[split]
 
+    def _load_train(self) -> dict[str, np.ndarray]:
+        """The training splits' arrays; several splits (train_split=all) are read into one
+        allocation per array, not loaded and concatenated, which would hold every clip twice."""
+        if len(self.train_splits) == 1:
+            return self._load(self.train_splits[0])
+        key = "+".join(self.train_splits)
+        if key not in self._arrays:
+            self._arrays[key] = load_splits([self.prepare_split(s) for s in self.train_splits])
+        return self._arrays[key]
+
     def _dataset(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> ClipBatches:
         return ClipBatches(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["lengths"]),
                            torch.from_numpy(arrays["labels"]), rows)
@@ -157,8 +167,7 @@ class AudioSetDataModule(pl.LightningDataModule):
             self._sets = {"test": self._dataset(test, np.arange(len(test["lengths"])))}
             self._meta = {"test": test}
             return
-        parts = [self._load(s) for s in self.train_splits]
-        train = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        train = self._load_train()
         n = len(train["lengths"])
         if self.mode == "dev":
             perm = np.random.default_rng(self.split_seed).permutation(n)
@@ -186,9 +195,9 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._sets["train"]
-        if self.balanced:
-            labels = ds.labels[ds.rows].numpy()
-            sampler = BalancedBatchSampler(labels, self.batch_size, self.seed, self.drop_last)
+        if self.balanced:  # the rows' labels are read in chunks: no copy of the (N, 527) label matrix
+            sampler = BalancedBatchSampler(ds.labels.numpy(), self.batch_size, self.seed, self.drop_last,
+                                           rows=ds.rows.numpy())
         else:
             sampler = EpochBatchSampler(len(ds), self.batch_size, True, self.seed, self.drop_last)
         return self._loader(ds, sampler)
@@ -234,6 +243,42 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     def class_names(self) -> list[tuple[str, str]]:
         return read_class_labels(self.root, self.num_classes)
+
+
+def load_splits(paths: list[Path]) -> dict[str, np.ndarray]:
+    """`load_split` of several converted splits as one, in order; each array is allocated once."""
+    import h5py
+
+    from aer.data.convert import FORMAT_VERSION
+
+    files = []
+    try:
+        for path in paths:
+            try:
+                files.append(h5py.File(path, "r"))
+            except OSError as e:
+                raise OSError(f"{path}: not a readable aer HDF5 cache ({e}); delete it to rebuild") from None
+            version = files[-1].attrs.get("format_version")
+            if version != FORMAT_VERSION:
+                raise ValueError(f"{path}: cache format {version}, expected {FORMAT_VERSION}; delete it to rebuild")
+        if len({f["labels"].shape[1] for f in files}) > 1:
+            raise ValueError(f"{', '.join(map(str, paths))}: the splits have different numbers of classes")
+        ends = np.cumsum([0] + [f["lengths"].shape[0] for f in files])
+        out = {}
+        for name in ("features", "labels", "lengths", "start_time", "end_time"):
+            d0 = files[0][name]
+            out[name] = np.empty((ends[-1], *d0.shape[1:]), dtype=np.int64 if name == "lengths" else d0.dtype)
+            for f, a, b in zip(files, ends[:-1], ends[1:]):
+                if b > a:
+                    if name == "lengths":
+                        out[name][a:b] = f[name][()]
+                    else:
+                        f[name].read_direct(out[name], dest_sel=np.s_[a:b])
+        out["video_id"] = np.concatenate([f["video_id"].asstr()[()] for f in files])
+        return out
+    finally:
+        for f in files:
+            f.close()
 
 
 def read_class_labels(root: Path, num_classes: int = NUM_CLASSES) -> list[tuple[str, str]]:

@@ -57,26 +57,46 @@ class EpochBatchSampler(_RankAware, torch.utils.data.Sampler):
 
 
 class EvalBatchSampler(_RankAware, torch.utils.data.Sampler):
-    """In-order batches; ranks take disjoint strides so every clip is scored exactly once."""
+    """In-order batches; ranks take whole batches in turn, so every clip is scored exactly once.
+
+    Rank r serves batches r, r + world_size, ...: the same batches, of the same clips, that one
+    process serves, so a DDP evaluation computes bitwise the same scores as a single-process one
+    (a clip's output can differ in the last bits with the other rows of its batch). A rank left
+    without a batch (fewer batches than ranks) gets one empty batch: Lightning needs at least one
+    batch on every rank, and every rank must join the epoch-end metric gather.
+    """
 
     def __init__(self, n: int, batch_size: int):
         self.n, self.batch_size = n, batch_size
 
+    def _mine(self) -> range:
+        return range(self.rank, math.ceil(self.n / self.batch_size), self.world_size)
+
     def __iter__(self):
-        mine = np.arange(self.rank, self.n, self.world_size)
-        for i in range(0, len(mine), self.batch_size):
-            yield mine[i:i + self.batch_size]
+        mine = self._mine()
+        if not mine and self.world_size > 1:
+            yield np.arange(0)
+        for b in mine:
+            yield np.arange(b * self.batch_size, min((b + 1) * self.batch_size, self.n))
 
     def __len__(self) -> int:
-        return math.ceil(len(range(self.rank, self.n, self.world_size)) / self.batch_size)
+        return max(len(self._mine()), int(self.world_size > 1))
 
 
 class BalancedBatchSampler(EpochBatchSampler):
     """Class-balanced batches: draw a class uniformly, then a clip that has it (Kong et al. 2018)."""
 
-    def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0, drop_last: bool = False):
-        super().__init__(len(labels), batch_size, True, seed, drop_last)
-        clips, classes = np.nonzero(labels)
+    def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0, drop_last: bool = False,
+                 rows: np.ndarray | None = None):
+        """`labels` (N, C) bool; with `rows`, the clips are labels[rows] (read in chunks, not copied)."""
+        super().__init__(len(labels) if rows is None else len(rows), batch_size, True, seed, drop_last)
+        if rows is None:
+            clips, classes = np.nonzero(labels)
+        else:
+            step = 65536  # row-major like np.nonzero(labels[rows]): the same batches as from a copy
+            pairs = [np.nonzero(labels[rows[i:i + step]]) for i in range(0, len(rows), step)]
+            clips = np.concatenate([np.zeros(0, np.int64)] + [c + j * step for j, (c, _) in enumerate(pairs)])
+            classes = np.concatenate([np.zeros(0, np.int64)] + [k for _, k in pairs])
         order = np.argsort(classes, kind="stable")
         self._members = clips[order]
         counts = np.bincount(classes, minlength=labels.shape[1])

@@ -1,0 +1,141 @@
+"""Sweeps in parallel: `hydra/launcher=joblib` runs jobs side by side on this machine;
+`hydra/launcher=submitit_local` runs them as submitit jobs (as on SLURM, minus the cluster);
+`hydra/launcher=submitit_slurm` and aer's `slurm_ddp` preset write the sbatch script we expect.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, TINY, run_script
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher"
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
+MISSING = "the Hydra launcher plugins are not installed: pip install -e '.[scale]' (or '.[test]')"
+
+# one short epoch per job, no TensorBoard or LR monitor: the launchers are under test, not training
+JOB_ARGS = ("data.convert_workers=1", f"data.demo.clips={TINY}", "data.demo.eval_clips=300", "data.batch_size=100",
+            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~logger", "callbacks.lr_monitor=null")
+
+
+def _compose_with_hydra(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def _sweep(tmp_path: Path, *args: str) -> Path:
+    proc = run_script("train.py", "-m", *args, *JOB_ARGS, f"paths.log_dir={tmp_path}", timeout=300)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    sweeps = list((tmp_path / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    (sweeps[0] / "output.txt").write_text(proc.stdout + proc.stderr)
+    return sweeps[0]
+
+
+def _summary(sweep: Path) -> list[dict]:
+    with open(sweep / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _jobs_ok(sweep: Path, n: int) -> list[dict]:
+    metrics = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(n)]
+    assert [m["status"] for m in metrics] == ["ok"] * n, metrics
+    assert all(0 < m["val/mAP"] <= 1 for m in metrics)
+    # the sweep summary (aer.sweep.SweepSummary, a Hydra callback) lists every job
+    rows = _summary(sweep)
+    assert [r["job"] for r in rows] == [str(i) for i in range(n)]
+    assert [r["status"] for r in rows] == ["ok"] * n
+    assert (sweep / "summary.md").exists()
+    return metrics
+
+
+def test_joblib_runs_two_jobs_side_by_side(demo_root, tmp_path):
+    pytest.importorskip(JOBLIB, reason=MISSING)
+    sweep = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+                   f"data.root={demo_root}")
+    assert "Joblib.Parallel(n_jobs=2" in (sweep / "output.txt").read_text()
+    metrics = _jobs_ok(sweep, 2)
+    assert metrics[0]["val/mAP"] != metrics[1]["val/mAP"], "each job runs its own seed"
+    # side by side: each job's training interval (metrics.json is written at its end) overlaps the other's
+    spans = []
+    for i, m in enumerate(metrics):
+        end = (sweep / str(i) / "metrics.json").stat().st_mtime
+        spans.append((end - m["seconds"], end))
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
+
+
+def test_submitit_local_runs_a_sweep_job(demo_root, tmp_path):
+    """The submitit path SLURM takes (pickled job, separate process, logs under .submitit), run locally."""
+    pytest.importorskip(SUBMITIT, reason=MISSING)
+    sweep = _sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "seed=1",
+                   f"data.root={demo_root}")
+    _jobs_ok(sweep, 1)
+    logs = list((sweep / ".submitit").glob("*/*_0_log.out"))
+    assert logs, "submitit ran the job and kept its logs"
+    assert list((sweep / ".submitit").glob("*/*_0_result.pkl"))
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> None:
+    """`srun` and `sbatch` on PATH: submitit's SLURM executor only checks that they exist."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("srun", "sbatch"):
+        p = bin_dir / name
+        p.write_text("#!/bin/sh\nexit 1\n")
+        p.chmod(p.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def _sbatch_script(cfg, folder: Path) -> str:
+    """The sbatch file the submitit_slurm launcher would submit, built as its `launch` builds it."""
+    import hydra.utils
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    launcher = hydra.utils.instantiate(cfg.hydra.launcher)
+    params = dict(launcher.params)
+    executor = submitit.AutoExecutor(cluster="slurm", folder=str(folder))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
+                                  if k not in ("submitit_folder", "max_num_timeout")})
+    inner = getattr(executor, "_executor", None)
+    if not hasattr(inner, "_make_submission_file_text"):
+        pytest.skip("this submitit version builds its sbatch script differently")
+    return inner._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "uid")
+
+
+def test_submitit_slurm_sweep_composes(tmp_path, fake_slurm):
+    pytest.importorskip(SUBMITIT, reason=MISSING)
+    cfg = _compose_with_hydra(["hydra/launcher=submitit_slurm", "hydra.launcher.partition=cpu",
+                               "hydra.launcher.cpus_per_task=4", "hydra.launcher.mem_gb=16",
+                               "hydra.launcher.timeout_min=120", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.cpus_per_task, launcher.mem_gb, launcher.tasks_per_node) == ("cpu", 4, 16, 1)
+    assert cfg.hydra.callbacks.summary._target_ == "aer.sweep.SweepSummary"
+    script = _sbatch_script(cfg, tmp_path / "sweep" / ".submitit" / "%j")
+    for flag in ("--partition=cpu", "--cpus-per-task=4", "--mem=16GB", "--time=120", "--ntasks-per-node=1"):
+        assert f"#SBATCH {flag}" in script, (flag, script)
+
+
+def test_slurm_ddp_preset_sizes_the_allocation_from_the_trainer(tmp_path, fake_slurm):
+    """aer's hydra/launcher=slurm_ddp: one SLURM task per GPU, on trainer.num_nodes nodes."""
+    pytest.importorskip(SUBMITIT, reason=MISSING)
+    cfg = _compose_with_hydra(["hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4",
+                               "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    script = _sbatch_script(cfg, tmp_path / "sweep" / ".submitit" / "%j")
+    for flag in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--signal=USR2@120"):
+        assert f"#SBATCH {flag}" in script, (flag, script)
