@@ -29,8 +29,9 @@ def collect(sweep_dir: str | Path) -> list[dict]:
             m = json.loads(mfile.read_text())
         else:
             m = {"status": "failed", "error": "no metrics.json (killed or still running)"}
-        rows.append({"job": str(job.relative_to(sweep_dir)) if job != Path(sweep_dir) else ".",
-                     "overrides": " ".join(overrides), **m})
+        # metrics.json of a failed job carries its overrides as a list: .hydra's are the ones shown
+        rows.append({**m, "job": str(job.relative_to(sweep_dir)) if job != Path(sweep_dir) else ".",
+                     "overrides": " ".join(overrides)})
     return rows
 
 
