@@ -1,0 +1,128 @@
+"""Does Lightning add little? aer's training throughput against a plain PyTorch loop, side by side.
+
+Both train the same network with the same batch size, Adam and loss on the same in-memory
+uint8 tensors of the real bal_train (dev split), gathering a batch at a time. The plain loop runs
+one epoch after each of aer's epochs, so both are timed under the same load on the machine. Throughput is
+training clips per second inside the training loop (median over epochs after the first);
+aer's epoch-level work (validation, checkpoint writes, logging) is timed separately.
+
+    python bench/train_speed.py [--root ../shared/data/audioset] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aer.config import ROOT as _  # noqa: E402,F401 — registers resolvers
+from aer.data.datamodule import AudioSetDataModule  # noqa: E402
+from aer.module import Tagger  # noqa: E402
+
+MODELS = {"fc": {"hidden": [500]}, "skiplstm": {"layers": 2, "hidden": 128}}
+TARGETS = {"fc": 1.15, "skiplstm": 1.10}
+
+
+class PlainLoop:
+    """A hand-written epoch: permutation, gather, forward, backward, step. Same data, net, batch size."""
+
+    def __init__(self, dm: AudioSetDataModule, net_name: str, seed: int):
+        torch.manual_seed(seed)
+        self.net = Tagger(net=net_name, net_kwargs=MODELS[net_name]).net
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.ds, self.bs = dm._sets["train"], dm.batch_size
+        self.rates: list[float] = []
+
+    def epoch(self) -> None:
+        n = len(self.ds)
+        perm = torch.randperm(n)
+        t0 = time.perf_counter()
+        for i in range(0, n, self.bs):
+            b = self.ds[perm[i:i + self.bs]]
+            loss = F.binary_cross_entropy_with_logits(self.net(b["x"], b["lengths"]), b["y"])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            loss.item()
+        self.rates.append(n / (time.perf_counter() - t0))
+
+
+class Interleave(pl.Callback):
+    """Runs one plain epoch after each aer epoch, so both see the same machine load."""
+
+    def __init__(self, plain: PlainLoop):
+        self.plain = plain
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.plain.epoch()
+
+
+def measure(root: str, cache_dir: str, net_name: str, epochs: int, seed: int, batch_size: int):
+    from aer.callbacks import Throughput
+
+    pl.seed_everything(seed, verbose=False)
+    dm = AudioSetDataModule(root=root, cache_dir=cache_dir, batch_size=batch_size, seed=seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = Tagger(net=net_name, net_kwargs=MODELS[net_name])
+    tp, plain = Throughput(), PlainLoop(dm, net_name, seed)
+    with tempfile.TemporaryDirectory() as out:
+        ckpt = pl.callbacks.ModelCheckpoint(dirpath=out, filename="best", monitor="val/mAP", mode="max",
+                                            save_last=True, auto_insert_metric_name=False)
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=pl.loggers.TensorBoardLogger(out),
+                             callbacks=[tp, ckpt, Interleave(plain)], enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
+                             log_every_n_steps=10)
+        t0 = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        wall = time.perf_counter() - t0
+    n = len(dm._sets["train"])
+    aer_train = sum(n / r for r in tp.epoch_rates)
+    plain_time = sum(n / r for r in plain.rates)
+    return tp.epoch_rates, plain.rates, wall - aer_train - plain_time, wall - plain_time, n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "audioset"))
+    p.add_argument("--cache-dir", default=None, help="where the HDF5 cache goes (default: a temp dir)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--models", default="fc,skiplstm")
+    args = p.parse_args()
+    if not (Path(args.root) / "bal_train").is_dir():
+        print(f"skipped: no bal_train split at {args.root} (the real data lives in ../shared)")
+        return 0
+    torch.set_num_threads(torch.get_num_threads())
+    cache = args.cache_dir or tempfile.mkdtemp(prefix="aer-bench-")
+    rows = []
+    for name in args.models.split(","):
+        rates, plain, overhead, wall, n = measure(args.root, cache, name, args.epochs, 0, args.batch_size)
+        aer_rate = statistics.median(rates[1:] or rates)
+        plain_rate = statistics.median(plain[1:] or plain)
+        rows.append((name, plain_rate, aer_rate, plain_rate / aer_rate, overhead, wall))
+    print(f"\nreal bal_train dev split, {n} training clips, batch {args.batch_size}, "
+          f"{args.epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'model':10} {'plain clips/s':>14} {'aer clips/s':>12} {'aer/plain time':>15} {'target':>7} "
+          f"{'epoch overheads s':>18} {'aer wall s':>11}")
+    for name, pr, ar, ratio, over, wall in rows:
+        ok = "ok" if ratio <= TARGETS[name] else "MISSED"
+        print(f"{name:10} {pr:14,.0f} {ar:12,.0f} {ratio:15.3f} {'<=' + str(TARGETS[name]):>7} {over:18.2f} "
+              f"{wall:11.2f}  {ok}")
+    print("epoch overheads: validation + checkpoint writes + logging + setup (aer's wall time minus its "
+          "training-loop time and the interleaved plain epochs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
