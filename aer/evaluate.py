@@ -16,7 +16,6 @@ import csv
 import io
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from aer.utils import atomic_write_text, write_json
+from aer.utils import atomic_path, atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +66,12 @@ def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, video_i
     """predictions.h5, written beside the target and renamed into place."""
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("probs", data=np.asarray(probs, dtype=np.float32))
-            f.create_dataset("labels", data=np.asarray(labels, dtype=bool), compression="gzip")
-            f.create_dataset("video_id", data=np.asarray(video_ids, dtype=object), dtype=h5py.string_dtype())
-            for k, v in attrs.items():
-                f.attrs[k] = v if isinstance(v, (int, float, str)) else str(v)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("probs", data=np.asarray(probs, dtype=np.float32))
+        f.create_dataset("labels", data=np.asarray(labels, dtype=bool), compression="gzip")
+        f.create_dataset("video_id", data=np.asarray(video_ids, dtype=object), dtype=h5py.string_dtype())
+        for k, v in attrs.items():
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else str(v)
 
 
 def _num(v: float) -> str:

@@ -13,7 +13,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 import aer.config  # noqa: F401 — registers the resolvers the config uses
 from aer.data.convert import ON_BAD, list_shards, load_split, read_shard
 from aer.entry import task
+from aer.utils import atomic_open
 
 if TYPE_CHECKING:
     import torch
@@ -159,20 +159,6 @@ def iter_proba(model: Tagger, features: np.ndarray, lengths: np.ndarray,
             yield i, model.predict_proba(x, n).float().cpu()
 
 
-@contextlib.contextmanager
-def _atomic_open(path: Path):
-    """A text file written beside `path` and renamed over it only once the block completes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_predictions(model: Tagger, clips: dict[str, np.ndarray], names: list[tuple[str, str]], top_k: int,
                       out_dir: Path, batch_size: int = 4096) -> tuple[Path, Path]:
     """Streams each batch's top-k into predictions.csv and predictions.json; their paths."""
@@ -180,7 +166,8 @@ def write_predictions(model: Tagger, clips: dict[str, np.ndarray], names: list[t
 
     csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
     ids, starts, ends = clips["video_id"], clips["start_time"], clips["end_time"]
-    with _atomic_open(csv_path) as fc, _atomic_open(json_path) as fj:
+    with atomic_open(csv_path, encoding="utf-8", newline="") as fc, \
+            atomic_open(json_path, encoding="utf-8", newline="") as fj:
         w = csv.writer(fc)
         w.writerow(CSV_COLUMNS)
         fj.write("[")

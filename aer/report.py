@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from matplotlib.ticker import FuncFormatter
 from omegaconf import OmegaConf
 
 from aer.sweep import collect, fmt, job_key, read_overrides, write_summary
-from aer.utils import atomic_write_text
+from aer.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +155,8 @@ def swept_keys(runs: list[Run]) -> list[str]:
 # ---- plotting
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

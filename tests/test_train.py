@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 
 from aer.train import run
-from conftest import CONF, TINY, compose_cfg, run_script, train_overrides
+from conftest import CONF, compose_cfg, run_script, train_overrides
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "init", "data", "trainer")}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
