@@ -176,6 +176,11 @@ def _run(cfg: DictConfig) -> dict:
     trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), Path(ckpt_cb.dirpath)))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
+    if not final and "val/mAP" not in metrics and trainer.limit_val_batches:
+        # Resumed from a checkpoint that had already finished training (a run killed after its last
+        # epoch was saved, before metrics.json): fit ran no epoch, so score the weights it holds.
+        log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
+        metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
     best_path = ckpt_cb.best_model_path or None
     if callbacks_extra:  # the model now holds the averaged weights: they are the run's result
         best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")

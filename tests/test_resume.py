@@ -75,3 +75,18 @@ def test_sigkill_then_resume_matches(uninterrupted, demo_root, tmp_path, kill_af
     assert resumed["global_step"] == uninterrupted["global_step"]
     assert abs(resumed["val/mAP"] - uninterrupted["val/mAP"]) < 1e-3
     assert abs(resumed["val/mAP_best"] - uninterrupted["val/mAP_best"]) < 1e-3
+
+
+def test_resume_from_a_finished_checkpoint_still_reports(uninterrupted, demo_root, tmp_path):
+    """Killed after the last epoch's checkpoint but before metrics.json: the re-run trains no more and
+    still writes the run's validation numbers (it scores the weights the checkpoint holds)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(uninterrupted["last_ckpt"]).parents[1], run_dir)
+    (run_dir / "metrics.json").unlink()
+    _run(_cmd(demo_root, run_dir, "ckpt_path=last"))
+    resumed = _metrics(run_dir)
+    assert resumed["epochs"] == EPOCHS and resumed["global_step"] == uninterrupted["global_step"]
+    assert abs(resumed["val/mAP"] - uninterrupted["val/mAP"]) < 1e-3
+    assert abs(resumed["val/mAP_best"] - uninterrupted["val/mAP_best"]) < 1e-3
