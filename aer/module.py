@@ -46,6 +46,7 @@ class Tagger(pl.LightningModule):
         # Standardisation statistics live in the checkpoint, so a loaded model needs no dataset.
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
+        self._loss_sum, self._loss_count = torch.zeros(()), 0  # the training epoch's running loss
         self.val_metrics = TaggingMetrics()
         self.test_metrics = TaggingMetrics()
 
@@ -80,8 +81,23 @@ class Tagger(pl.LightningModule):
                 f"loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
                 f"try a lower optim.lr (now {self.hparams.lr}), optim.warmup_epochs>0, another init, "
                 f"or check the input data")
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        # The epoch's mean loss is summed here and logged once, at the epoch's end: every self.log call
+        # walks Lightning's result metadata (~3 ms a call on a laptop CPU, a fifth of an FC step), so
+        # the step loss goes to the logger and the progress bar only at the steps the logger writes.
+        self._loss_sum += loss.detach() * len(x)
+        self._loss_count += len(x)
+        every = self._trainer.log_every_n_steps if self._trainer is not None else 1
+        if (self.global_step + 1) % max(1, every) == 0:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_count:  # mean over the epoch's clips; under DDP, averaged over the ranks
+            self.log("train/loss_epoch", self._loss_sum / self._loss_count, on_step=False, on_epoch=True,
+                     prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -47,6 +47,46 @@ def test_dev_run_writes_metrics_and_checkpoints(trained_run):
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_training_loss_logged_per_epoch_and_at_logging_steps(trained_run):
+    """train/loss_epoch once an epoch, train/loss_step at the steps the logger writes (every 10th)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    ea = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={SCALARS: 0})
+    ea.Reload()
+    m = _metrics(trained_run)
+    epoch_losses = [e.value for e in ea.Scalars("train/loss_epoch")]
+    assert len(epoch_losses) == m["epochs"] and abs(epoch_losses[-1] - m["train/loss_epoch"]) < 1e-6
+    steps = [e.step for e in ea.Scalars("train/loss_step")]
+    assert steps and len(steps) == m["global_step"] // 10 and all((s + 1) % 10 == 0 for s in steps)
+
+
+def test_epoch_loss_is_the_clip_weighted_mean_of_step_losses(demo_root, tmp_path):
+    import hydra
+    import pytorch_lightning as pl
+
+    from aer.config import module_kwargs
+    from aer.module import Tagger
+
+    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path))
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all", batch_size=128)  # 128 does not divide the split
+    seen: list[tuple[float, int]] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.clear()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((float(outputs["loss"]), len(batch["y"])))
+
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                         use_distributed_sampler=False, num_sanity_val_steps=0)
+    trainer.fit(Tagger(**module_kwargs(cfg)), datamodule=dm)
+    assert len({n for _, n in seen}) == 2, "the last batch is a short one"
+    expected = sum(v * n for v, n in seen) / sum(n for _, n in seen)
+    assert abs(float(trainer.callback_metrics["train/loss_epoch"]) - expected) < 1e-6
+
+
 def test_checkpoint_rebuilds_without_config(trained_run):
     import torch
 
