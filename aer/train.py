@@ -152,17 +152,14 @@ def _run(cfg: DictConfig) -> dict:
             cfg.callbacks.model_checkpoint.filename = "final"
     model = Tagger(**module_kwargs(cfg))
     throughput, best = Throughput(), BestMetric("val/mAP")
-    swa = cfg.get("swa") or {}
-    if swa.get("enabled"):
-        callbacks_extra = [StochasticWeightAveraging(swa_lrs=swa.get("lr") or cfg.optim.lr,
-                                                     swa_epoch_start=swa.get("epoch_start", 0.75),
-                                                     annealing_epochs=swa.get("annealing_epochs", 1))]
-    else:
-        callbacks_extra = []
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += last_epoch_checkpoint(callbacks)
+    use_swa = bool(cfg.swa.enabled)  # conf/train.yaml holds the swa section's defaults
+    if use_swa:
+        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr, swa_epoch_start=cfg.swa.epoch_start,
+                                                   annealing_epochs=cfg.swa.annealing_epochs))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks + callbacks_extra + [throughput, best],
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, throughput, best],
                                                   logger=logger, plugins=[AtomicCheckpointIO()])
     if logger:
         logger.log_hyperparams(hparams_for_dashboard(cfg),
@@ -182,7 +179,7 @@ def _run(cfg: DictConfig) -> dict:
         log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
         metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
     best_path = ckpt_cb.best_model_path or None
-    if callbacks_extra:  # the model now holds the averaged weights: they are the run's result
+    if use_swa:  # the model now holds the averaged weights: they are the run's result
         best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")
         trainer.save_checkpoint(best_path)
         if not final:
