@@ -4,8 +4,8 @@ import hydra
 from omegaconf import DictConfig
 
 import aer.config  # noqa: F401 — registers the config resolvers
-from aer.entry import task
 from aer.ensemble import run
+from aer.entry import task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="ensemble")

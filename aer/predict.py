@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import h5py

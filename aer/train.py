@@ -11,8 +11,8 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import StochasticWeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import StochasticWeightAveraging
 
 from aer.callbacks import BestMetric, Throughput
 from aer.ckpt_io import AtomicCheckpointIO
@@ -73,9 +73,10 @@ def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     sweep (`-m a=1,2`): each rank would start a sweep of its own. This re-runs only the current
     job, from its resolved overrides, in the job's own output dir.
     """
-    import __main__
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
+
+    import __main__
 
     hc = HydraConfig.get()
     script = ["-m", __main__.__spec__.name] if __main__.__spec__ else [str(Path(get_original_cwd(), sys.argv[0]))]
@@ -156,7 +157,8 @@ def _run(cfg: DictConfig) -> dict:
     callbacks += last_epoch_checkpoint(callbacks)
     use_swa = bool(cfg.swa.enabled)  # conf/train.yaml holds the swa section's defaults
     if use_swa:
-        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr, swa_epoch_start=cfg.swa.epoch_start,
+        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr,
+                                                   swa_epoch_start=cfg.swa.epoch_start,
                                                    annealing_epochs=cfg.swa.annealing_epochs))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, throughput, best],

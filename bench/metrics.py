@@ -3,8 +3,9 @@
     python bench/metrics.py [--clips 20000] [--classes 527] [--repeat 5] [--seed 0]
 
 The data is AudioSet-shaped: long-tailed class frequencies from 5% down to 0.05% (every class has
-positives and negatives), ~6 labels per clip (AudioSet's ~2.7, doubled), float32 scores in [0, 1] that rank positives higher, and
-every other class's scores rounded to 3 decimals so that tied scores occur and must be grouped
+positives and negatives), ~6 labels per clip (AudioSet's ~2.7, doubled), float32 scores in [0, 1]
+that rank positives higher, and every other class's scores rounded to 3 decimals so that tied
+scores occur and must be grouped
 the way scikit-learn groups them. aer is timed `--repeat` times after a warm-up (median shown);
 torchmetrics' functional `multilabel_average_precision` and `multilabel_auroc` (average=None,
 exact: thresholds=None) once each, as they take several seconds apiece. The per-class values

@@ -9,8 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from aer.checkpoint import (CheckpointError, datamodule_from_checkpoint, load_checkpoint, load_tagger,
-                            predict_split)
+from aer.checkpoint import CheckpointError, datamodule_from_checkpoint, load_checkpoint, load_tagger, predict_split
 from aer.module import Tagger
 
 

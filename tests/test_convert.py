@@ -18,13 +18,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_tfrecord import independent_records, wire_parse
 
 from aer.data import convert as conv
 from aer.data.convert import FORMAT_VERSION, convert, load_split
 from aer.data.demo import generate
 from aer.data.tfrecord import frame
 from conftest import ROOT
-from test_tfrecord import independent_records, wire_parse
 
 FIELDS = ("features", "lengths", "labels", "video_id", "start_time", "end_time")
 
@@ -83,7 +83,7 @@ def test_layout_dtypes_attributes_and_content(small, tmp_path):
     assert not summary.fresh and summary.clips == 250 and summary.skipped == 0
     got, want = read_h5(out), expected_split(small)
     assert got["dtypes"]["features"] == np.uint8 and got["features"].shape == (250, 10, 128)
-    assert got["dtypes"]["labels"] == bool and got["labels"].shape == (250, 527)
+    assert got["dtypes"]["labels"] == np.bool_ and got["labels"].shape == (250, 527)
     assert got["dtypes"]["start_time"] == np.float32 and got["dtypes"]["end_time"] == np.float32
     assert h5py.check_string_dtype(got["dtypes"]["video_id"]) is not None
     assert got["lengths"].shape == (250,)

@@ -28,9 +28,12 @@ TFRECORDS = {
 }
 CSVS = {
     "class_labels_indices.csv": b'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech"\n',
-    "balanced_train_segments.csv": b"# YTID, start_seconds, end_seconds, positive_labels\n--PJHxphWEs, 30.000, 40.000, \"/m/09x0r\"\n",
-    "unbalanced_train_segments.csv": b"# YTID, start_seconds, end_seconds, positive_labels\n---1_cCGK4M, 0.000, 10.000, \"/m/05zppz\"\n",
-    "eval_segments.csv": b"# YTID, start_seconds, end_seconds, positive_labels\n--4gqARaEJE, 0.000, 10.000, \"/m/09x0r\"\n",
+    "balanced_train_segments.csv":
+        b"# YTID, start_seconds, end_seconds, positive_labels\n--PJHxphWEs, 30.000, 40.000, \"/m/09x0r\"\n",
+    "unbalanced_train_segments.csv":
+        b"# YTID, start_seconds, end_seconds, positive_labels\n---1_cCGK4M, 0.000, 10.000, \"/m/05zppz\"\n",
+    "eval_segments.csv":
+        b"# YTID, start_seconds, end_seconds, positive_labels\n--4gqARaEJE, 0.000, 10.000, \"/m/09x0r\"\n",
 }
 
 
@@ -321,7 +324,8 @@ def test_archive_with_parent_member_is_refused(server, tmp_path, no_extraction):
     [
         pytest.param(lambda out: _file(str(out / "abs-evil"), b"x"), id="absolute-path"),
         pytest.param(lambda out: _file("audioset_v1_embeddings/../../evil", b"x"), id="nested-dotdot"),
-        pytest.param(lambda out: _special("audioset_v1_embeddings/eval/l", tarfile.SYMTYPE, str(out)), id="symlink-absolute"),
+        pytest.param(lambda out: _special("audioset_v1_embeddings/eval/l", tarfile.SYMTYPE, str(out)),
+                     id="symlink-absolute"),
         pytest.param(lambda out: _special("audioset_v1_embeddings/l", tarfile.SYMTYPE, "../../out"), id="symlink-up"),
         pytest.param(lambda out: _special("audioset_v1_embeddings/h", tarfile.LNKTYPE, "../out/x"), id="hardlink-up"),
         pytest.param(lambda out: _special("audioset_v1_embeddings/dev", tarfile.CHRTYPE), id="char-device"),

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_convert import read_h5
+from test_tfrecord import independent_records, wire_parse
 
 from aer.data.convert import convert
 from aer.data.demo import generate
 from aer.data.proto import SequenceExample
 from aer.data.tfrecord import ShardError, frame
 from conftest import ROOT, SHARED
-from test_convert import read_h5
-from test_tfrecord import independent_records, wire_parse
 
 SECONDS = float(os.environ.get("AER_FUZZ_SECONDS", "15"))
 SEED = int(os.environ.get("AER_FUZZ_SEED", "0"))
@@ -60,7 +60,7 @@ def _pick_real() -> list[Path]:
 def corpus(tmp_path_factory) -> dict[str, bytes]:
     if SHARED.is_dir():
         return {s.name: s.read_bytes() for s in _pick_real()}
-    warnings.warn(f"fuzzing demo shards: the real bal_train split is not at {SHARED}", UserWarning)
+    warnings.warn(f"fuzzing demo shards: the real bal_train split is not at {SHARED}", UserWarning, stacklevel=2)
     root = tmp_path_factory.mktemp("fuzzdemo")
     generate(root, clips=48, eval_clips=0, seed=4)
     payloads = [p for s in sorted((root / "bal_train").glob("*.tfrecord")) for p in independent_records(s.read_bytes())]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from aer.models import NETS, DecisionAttention, FC, MultiLevelAttention, SkipLSTM, build_net
+from aer.models import FC, NETS, DecisionAttention, MultiLevelAttention, SkipLSTM, build_net
 
 B, T, D, C = 6, 10, 128, 527
 LENGTHS = torch.tensor([1, 3, 10, 7, 10, 2])

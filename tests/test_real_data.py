@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_convert import assert_same, expected_split, read_h5
 
 from aer.data.convert import convert, list_shards
 from aer.data.datamodule import AudioSetDataModule, read_class_labels
 from conftest import REAL_SKIP, ROOT, SHARED
-from test_convert import assert_same, expected_split, read_h5
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED / "bal_train").is_dir(), reason=REAL_SKIP)]
 

@@ -78,7 +78,7 @@ def _fields(buf: bytes):
 def _feature(buf: bytes) -> tuple[str, list]:
     """A tf.train.Feature: its kind and values (packed or not)."""
     kind, values = None, []
-    for num, wt, val in _fields(buf):
+    for num, _wt, val in _fields(buf):
         kind, values = {1: "bytes", 2: "float", 3: "int64"}[num], []
         for n2, wt2, v in _fields(val):
             assert n2 == 1

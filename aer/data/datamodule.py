@@ -180,7 +180,8 @@ class AudioSetDataModule(pl.LightningDataModule):
             self._meta = {"train": train, "val": train, "test": train}
         else:
             test = self._load(self.eval_split)
-            self._sets = {"train": self._dataset(train, np.arange(n)), "test": self._dataset(test, np.arange(len(test["lengths"])))}
+            self._sets = {"train": self._dataset(train, np.arange(n)),
+                          "test": self._dataset(test, np.arange(len(test["lengths"])))}
             self._meta = {"train": train, "test": test}
 
     def _distributed(self, sampler):
