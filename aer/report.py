@@ -1,4 +1,4 @@
-"""`python -m aer.report DIR`: a run's or a sweep's training curves as PNGs, plus a markdown report.
+"""`python -m aer.report DIR [DIR ...]`: a run's or a sweep's training curves as PNGs, plus a markdown report.
 
 The curves come from the TensorBoard event files each run writes (so a run that was killed still
 has its epochs up to then), the job table from `aer.sweep`. For a sweep, every override whose value
@@ -305,16 +305,17 @@ def _metrics_table(run_dir: Path) -> list[str]:
 
 
 def _curves_table(runs: list[Run], labels: list[str]) -> list[str]:
-    """Per run, from its curves: epochs logged, best val mAP and its epoch, last val mAUC."""
-    lines = ["| run | overrides | epochs | best val/mAP | at epoch | last val/mAUC |", "|---|---|---|---|---|---|"]
+    """Per run, from its curves: epochs logged, last and best val mAP (and its epoch), last val mAUC."""
+    lines = ["| run | overrides | epochs | last val/mAP | best val/mAP | at epoch | last val/mAUC |",
+             "|---|---|---|---|---|---|---|"]
     for run, label in zip(runs, labels):
-        cells = [run.name, label if label != run.name else "", "", "", "", ""]
+        cells = [run.name, label if label != run.name else "", "", "", "", "", ""]
         if "val/mAP" in run.curves:
             x, y = run.curves["val/mAP"]
             best = int(np.nanargmax(y))
-            cells[2:5] = [f"{x[-1]:g}", fmt(float(y[best])), f"{x[best]:g}"]
+            cells[2:6] = [f"{x[-1]:g}", fmt(float(y[-1])), fmt(float(y[best])), f"{x[best]:g}"]
         if "val/mAUC" in run.curves:
-            cells[5] = fmt(float(run.curves["val/mAUC"][1][-1]))
+            cells[6] = fmt(float(run.curves["val/mAUC"][1][-1]))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines
 
@@ -332,21 +333,55 @@ def _sweep_table(root: Path, runs: list[Run], labels: list[str]) -> list[str]:
     return summary.read_text().splitlines() if summary.exists() else ["_no summary.md_"]
 
 
-def make_report(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
-    """Writes the PNGs and `report.md` for a run or sweep dir into `out` (default DIR/report); their paths."""
-    root = Path(dir)
+def _runs_of(dirs: list[Path], out_dir: Path) -> list[Run]:
+    """The runs of one dir, named as in it; of several dirs, named `<dir>/<job>` so that they stay apart."""
+    if len(dirs) == 1:
+        return find_runs(dirs[0], exclude=out_dir)
+    runs = []
+    for d in dirs:
+        for run in find_runs(d, exclude=out_dir):
+            run.name = d.name if run.name == "." else f"{d.name}/{run.name}"
+            runs.append(run)
+    return runs
+
+
+def _check_keys(keys: list[str], runs: list[Run]) -> None:
+    known = list(dict.fromkeys(k for r in runs for k in r.params()))
+    for key in keys:
+        if key not in known:
+            raise ValueError(f"--by {key}: no run has this override; theirs: {', '.join(known) or 'none'}")
+
+
+def make_report(dir: str | os.PathLike | list, out: str | os.PathLike | None = None,
+                by: list[str] | None = None) -> list[Path]:
+    """Writes the PNGs and `report.md` for a run or sweep dir into `out` (default DIR/report); their paths.
+
+    `dir` may be a list of run or sweep dirs (then `out` is required): their runs are compared as one
+    sweep. `by` names the overrides that label the runs and get a figure each (default: every override
+    whose value differs across the runs, which for runs from different sweeps includes paths and devices).
+    """
+    dirs = [Path(d) for d in (dir if isinstance(dir, (list, tuple)) else [dir])]
+    if not dirs:
+        raise ValueError("no run or sweep dir given")
+    if len(dirs) > 1 and out is None:
+        raise ValueError("several dirs: say where the report goes with --out")
+    root = dirs[0]
     out_dir = Path(out) if out is not None else root / "report"
-    runs = find_runs(root, exclude=out_dir)
+    runs = _runs_of(dirs, out_dir)
+    if by:
+        _check_keys(by, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     is_sweep = len(runs) > 1 or any(root.glob("*/.hydra")) or (root / "multirun.yaml").exists()
-    varying = swept_keys(runs)
+    varying = list(by) if by else swept_keys(runs)
     labels = [" ".join(f"{k}={r.params().get(k, '(default)')}" for k in varying) or r.name for r in runs]
 
     written = [plot_curves(runs, out_dir / "curves.png", labels)]
-    md = [f"# Report: {root.resolve()}", ""]
+    shown = ", ".join(str(d.resolve()) for d in dirs)
+    md = [f"# Report: {shown}", ""]
     if is_sweep:
+        table = _sweep_table(root, runs, labels) if len(dirs) == 1 else _curves_table(runs, labels)
         md += [f"{len(runs)} runs with curves; swept: {', '.join(f'`{k}`' for k in varying) or 'nothing'}.", "",
-               "## Jobs", "", *_sweep_table(root, runs, labels), ""]
+               "## Jobs", "", *table, ""]
         for key in varying:
             path = plot_swept_key(runs, key, varying, out_dir / f"sweep_{_safe(key)}.png")
             written.append(path)
@@ -365,13 +400,17 @@ def make_report(dir: str | os.PathLike, out: str | os.PathLike | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aer.report", description=__doc__.splitlines()[0])
-    parser.add_argument("dir", help="a run dir (from train.py) or a sweep dir (from train.py -m)")
+    parser.add_argument("dir", nargs="+", help="a run dir (from train.py) or a sweep dir (from train.py -m); "
+                                                "several: their runs compared as one sweep (needs --out)")
     parser.add_argument("--out", help="folder for the PNGs and report.md (default: DIR/report)")
+    parser.add_argument("--by", help="comma-separated overrides that label the runs, a figure each "
+                                     "(default: every override that differs across runs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after <event file>" per run
+    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     try:
-        paths = make_report(args.dir, args.out)
+        paths = make_report(args.dir, args.out, by)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

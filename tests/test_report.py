@@ -97,3 +97,21 @@ def test_several_swept_keys_each_get_a_figure(tmp_path):
     for key in ("model", "data.batch_size"):
         path = plot_swept_key(runs, key, swept_keys(runs), tmp_path / f"{key}.png")
         assert _is_png(path)
+
+
+def test_runs_of_several_dirs_compared_by_chosen_keys(sweep_dir, trained_run, tmp_path, capsys):
+    out = tmp_path / "both"
+    paths = make_report([sweep_dir, trained_run], out, by=["init"])
+    assert {p.name for p in paths} == {"curves.png", "sweep_init.png", "report.md"}
+    md = (out / "report.md").read_text()
+    # three runs, named by their dir so that the two sweeps' job 0s stay apart, labelled by init only
+    rows = [line for line in md.splitlines() if line.startswith(f"| {sweep_dir.name}/") or
+            line.startswith(f"| {trained_run.name} |")]
+    assert len(rows) == 3, md
+    assert sum("init=xavier" in r for r in rows) == 2 and sum("init=kaiming" in r for r in rows) == 1
+    assert all("data.root" not in r for r in rows)
+    with pytest.raises(ValueError, match="--out"):
+        make_report([sweep_dir, trained_run])
+    assert main([str(sweep_dir), str(trained_run), "--out", str(tmp_path / "x"), "--by", "init,model.nope"]) == 1
+    err = capsys.readouterr().err
+    assert "--by model.nope: no run has this override" in err and "init" in err
