@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -67,3 +68,34 @@ class BestMetric(pl.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
+
+
+class FrozenHeap(pl.Callback):
+    """Keeps Python's full garbage collections off the training loop.
+
+    After setup a training process holds ~400k tracked objects (torch, Lightning, Hydra, TensorBoard);
+    Lightning's loop allocates enough small objects per step that the collector runs a full pass
+    every few epochs, and one pass over that heap took 330 ms on a laptop CPU, half an fc epoch.
+    `gc.freeze()` at the start of fit moves what exists then out of the collector's view (it lives
+    for the whole run anyway; no collection first, which would cost that same pass); objects made
+    during training are collected as usual, and `gc.unfreeze()` at the end of fit hands the frozen
+    ones back.
+    """
+
+    def __init__(self) -> None:
+        self._frozen = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        gc.freeze()
+        self._frozen = True
+
+    def _thaw(self) -> None:
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._thaw()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._thaw()

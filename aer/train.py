@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import StochasticWeightAveraging
 
-from aer.callbacks import BestMetric, Throughput
+from aer.callbacks import BestMetric, FrozenHeap, Throughput
 from aer.ckpt_io import AtomicCheckpointIO
 from aer.config import check_train_config, module_kwargs
 from aer.module import Tagger
@@ -161,8 +161,9 @@ def _run(cfg: DictConfig) -> dict:
                                                    swa_epoch_start=cfg.swa.epoch_start,
                                                    annealing_epochs=cfg.swa.annealing_epochs))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, throughput, best],
-                                                  logger=logger, plugins=[AtomicCheckpointIO()])
+    callbacks += [throughput, best, FrozenHeap()]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+                                                  plugins=[AtomicCheckpointIO()])
     if logger:
         logger.log_hyperparams(hparams_for_dashboard(cfg),
                                {"val/mAP": 0.0, "val/mAUC": 0.0, "test/mAP": 0.0, "test/mAUC": 0.0})

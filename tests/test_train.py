@@ -186,3 +186,38 @@ def test_non_finite_loss_stops_with_advice(demo_root, tmp_path):
     batch = {"x": torch.rand(4, 10, 128), "lengths": torch.full((4,), 10), "y": torch.zeros(4, 527)}
     with pytest.raises(NonFiniteLossError, match=r"at epoch 0, step 0: try a lower optim.lr"):
         model.training_step(batch, 0)
+
+
+def test_heap_frozen_while_fitting_and_thawed_after(demo_root, tmp_path):
+    """train.py freezes the objects that exist at the start of fit (no full GC passes over them in the
+    training loop) and hands them back when fit ends, normally or with an error."""
+    import gc
+
+    import hydra
+    import pytorch_lightning as pl
+
+    from aer.callbacks import FrozenHeap
+    from aer.module import Tagger
+
+    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path))
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(gc.get_freeze_count())
+            if trainer.current_epoch == 1 and fail:
+                raise RuntimeError("boom")
+
+    assert gc.get_freeze_count() == 0
+    for fail in (False, True):
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                             callbacks=[FrozenHeap(), Probe()], num_sanity_val_steps=0)
+        dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+        if fail:
+            with pytest.raises(RuntimeError, match="boom"):
+                trainer.fit(Tagger(), datamodule=dm)
+        else:
+            trainer.fit(Tagger(), datamodule=dm)
+        assert gc.get_freeze_count() == 0
+    assert len(seen) == 4 and all(n > 10_000 for n in seen)
