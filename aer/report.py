@@ -337,10 +337,13 @@ def _runs_of(dirs: list[Path], out_dir: Path) -> list[Run]:
     """The runs of one dir, named as in it; of several dirs, named `<dir>/<job>` so that they stay apart."""
     if len(dirs) == 1:
         return find_runs(dirs[0], exclude=out_dir)
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):  # job dirs of different sweeps (0, 1, ...): name them with their sweep
+        names = ["/".join(d.resolve().parts[-2:]) for d in dirs]
     runs = []
-    for d in dirs:
+    for d, dname in zip(dirs, names):
         for run in find_runs(d, exclude=out_dir):
-            run.name = d.name if run.name == "." else f"{d.name}/{run.name}"
+            run.name = dname if run.name == "." else f"{dname}/{run.name}"
             runs.append(run)
     return runs
 

@@ -115,3 +115,13 @@ def test_runs_of_several_dirs_compared_by_chosen_keys(sweep_dir, trained_run, tm
     assert main([str(sweep_dir), str(trained_run), "--out", str(tmp_path / "x"), "--by", "init,model.nope"]) == 1
     err = capsys.readouterr().err
     assert "--by model.nope: no run has this override" in err and "init" in err
+
+
+def test_job_dirs_of_different_sweeps_keep_their_sweep_in_the_name(sweep_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(sweep_dir / "0", other / "0")
+    make_report([sweep_dir / "0", other / "0"], tmp_path / "r", by=["init"])
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"| {sweep_dir.name}/0 |" in md and "| other/0 |" in md
