@@ -272,20 +272,37 @@ def convert(src_dir: str | os.PathLike, out: str | os.PathLike, *, workers: int 
 
 def load_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a converted split into memory (features stay uint8, labels bool)."""
-    path = Path(path)
+    return load_splits([path])
+
+
+def load_splits(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
+    """Converted splits read into memory as one, in order (features stay uint8, labels bool); each
+    array is allocated once, not loaded per split and concatenated, which would hold every clip twice."""
+    files = []
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise OSError(f"{path}: not a readable aer HDF5 cache ({e}); delete it to rebuild") from None
-    with f:
-        version = f.attrs.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: cache format {version}, expected {FORMAT_VERSION}; delete it to rebuild")
-        return {
-            "features": f["features"][()],
-            "lengths": f["lengths"][()].astype(np.int64),
-            "labels": f["labels"][()],
-            "video_id": f["video_id"].asstr()[()],
-            "start_time": f["start_time"][()],
-            "end_time": f["end_time"][()],
-        }
+        for path in map(Path, paths):
+            try:
+                files.append(h5py.File(path, "r"))
+            except OSError as e:
+                raise OSError(f"{path}: not a readable aer HDF5 cache ({e}); delete it to rebuild") from None
+            version = files[-1].attrs.get("format_version")
+            if version != FORMAT_VERSION:
+                raise ValueError(f"{path}: cache format {version}, expected {FORMAT_VERSION}; delete it to rebuild")
+        if len({f["labels"].shape[1] for f in files}) > 1:
+            raise ValueError(f"{', '.join(map(str, paths))}: the splits have different numbers of classes")
+        ends = np.cumsum([0] + [f["lengths"].shape[0] for f in files])
+        out = {}
+        for name in ("features", "labels", "lengths", "start_time", "end_time"):
+            d0 = files[0][name]
+            out[name] = np.empty((ends[-1], *d0.shape[1:]), dtype=np.int64 if name == "lengths" else d0.dtype)
+            for f, a, b in zip(files, ends[:-1], ends[1:]):
+                if b > a:
+                    if name == "lengths":
+                        out[name][a:b] = f[name][()]
+                    else:
+                        f[name].read_direct(out[name], dest_sel=np.s_[a:b])
+        out["video_id"] = np.concatenate([f["video_id"].asstr()[()] for f in files])
+        return out
+    finally:
+        for f in files:
+            f.close()

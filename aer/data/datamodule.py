@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aer.data.convert import ON_BAD, convert, load_split
+from aer.data.convert import ON_BAD, convert, load_split, load_splits
 from aer.data.demo import ensure_demo
 from aer.data.records import NUM_CLASSES
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
@@ -244,42 +244,6 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     def class_names(self) -> list[tuple[str, str]]:
         return read_class_labels(self.root, self.num_classes)
-
-
-def load_splits(paths: list[Path]) -> dict[str, np.ndarray]:
-    """`load_split` of several converted splits as one, in order; each array is allocated once."""
-    import h5py
-
-    from aer.data.convert import FORMAT_VERSION
-
-    files = []
-    try:
-        for path in paths:
-            try:
-                files.append(h5py.File(path, "r"))
-            except OSError as e:
-                raise OSError(f"{path}: not a readable aer HDF5 cache ({e}); delete it to rebuild") from None
-            version = files[-1].attrs.get("format_version")
-            if version != FORMAT_VERSION:
-                raise ValueError(f"{path}: cache format {version}, expected {FORMAT_VERSION}; delete it to rebuild")
-        if len({f["labels"].shape[1] for f in files}) > 1:
-            raise ValueError(f"{', '.join(map(str, paths))}: the splits have different numbers of classes")
-        ends = np.cumsum([0] + [f["lengths"].shape[0] for f in files])
-        out = {}
-        for name in ("features", "labels", "lengths", "start_time", "end_time"):
-            d0 = files[0][name]
-            out[name] = np.empty((ends[-1], *d0.shape[1:]), dtype=np.int64 if name == "lengths" else d0.dtype)
-            for f, a, b in zip(files, ends[:-1], ends[1:]):
-                if b > a:
-                    if name == "lengths":
-                        out[name][a:b] = f[name][()]
-                    else:
-                        f[name].read_direct(out[name], dest_sel=np.s_[a:b])
-        out["video_id"] = np.concatenate([f["video_id"].asstr()[()] for f in files])
-        return out
-    finally:
-        for f in files:
-            f.close()
 
 
 def read_class_labels(root: Path, num_classes: int = NUM_CLASSES) -> list[tuple[str, str]]:
