@@ -176,17 +176,18 @@ def _run(cfg: DictConfig) -> dict:
     trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), Path(ckpt_cb.dirpath)))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
-    if not final and "val/mAP" not in metrics and trainer.limit_val_batches:
-        # Resumed from a checkpoint that had already finished training (a run killed after its last
-        # epoch was saved, before metrics.json): fit ran no epoch, so score the weights it holds.
-        log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
-        metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
     best_path = ckpt_cb.best_model_path or None
     if use_swa:  # the model now holds the averaged weights: they are the run's result
         best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")
         trainer.save_checkpoint(best_path)
-        if not final:
-            metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
+    # Validate the weights the model holds after fit when the last epoch's metrics do not describe
+    # them: SWA's averaged weights, or a resume from a checkpoint that had already finished training
+    # (a run killed after its last epoch was saved, before metrics.json), where fit ran no epoch.
+    resumed_finished = "val/mAP" not in metrics and trainer.limit_val_batches
+    if not final and (use_swa or resumed_finished):
+        if resumed_finished:
+            log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
+        metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
     if final:
         for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items():
             metrics[k] = float(v)
