@@ -104,7 +104,6 @@ def main() -> int:
     if not (Path(args.root) / "bal_train").is_dir():
         print(f"skipped: no bal_train split at {args.root} (the real data lives in ../shared)")
         return 0
-    torch.set_num_threads(torch.get_num_threads())
     cache = args.cache_dir or tempfile.mkdtemp(prefix="aer-bench-")
     rows = []
     for name in args.models.split(","):
