@@ -18,7 +18,7 @@ import pytest
 from test_convert import assert_same, expected_split, read_h5
 
 from aer.data.__main__ import main
-from aer.data.convert import convert
+from aer.data.convert import convert, partial_path
 from aer.data.proto import SequenceExample
 from aer.data.records import Clip, serialize_clip
 from aer.data.tfrecord import ShardError, frame
@@ -107,7 +107,7 @@ def test_error_names_shard_and_record_and_writes_nothing(case, tmp_path, capsys)
     with pytest.raises(ShardError, match=rf"^{bad}: record 2: .*{reason}") as e:
         convert(src, out, progress=False)
     assert (e.value.path, e.value.record) == (str(bad), 2)
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not partial_path(out).exists()
     # the CLI's main(): one line on stderr, exit code 1, no traceback
     assert main(["convert", str(src), str(out)]) == 1
     err = capsys.readouterr().err
@@ -120,7 +120,7 @@ def test_error_names_shard_and_record_and_writes_nothing(case, tmp_path, capsys)
     with pytest.raises(ShardError, match=rf"^{bad}: record 2: "):
         convert(src, out, progress=False)
     assert out.read_bytes() == before and (out.stat().st_ino, out.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
-    assert not out.with_name(out.name + ".partial").exists()
+    assert not partial_path(out).exists()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -157,7 +157,7 @@ def test_cli_subprocess_keeps_a_previous_valid_file(case, tmp_path):
     assert r.stderr.startswith(f"error: {src / 'ba.tfrecord'}: record 2: ")
     assert "Traceback" not in r.stderr
     assert out.read_bytes() == before and out.stat().st_mtime_ns == st.st_mtime_ns
-    assert not out.with_name(out.name + ".partial").exists()
+    assert not partial_path(out).exists()
 
 
 def test_cli_skip_summary_in_a_subprocess(tmp_path):
@@ -178,7 +178,7 @@ def test_every_record_bad_is_an_error_even_when_skipping(tmp_path, capsys):
     assert main(["convert", str(src), str(out), "--on-bad-record", "skip"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no valid clips in any shard" in err
-    assert not out.exists() and not out.with_name("o.h5.partial").exists()
+    assert not out.exists() and not partial_path(out).exists()
 
 
 def test_an_error_in_the_first_shard_beats_later_ones_with_workers(tmp_path):

@@ -228,8 +228,10 @@ def test_train_split_choices_map_to_folders(tmp_path):
         "bal_train", "unbal_train", "eval"]
 
 
-def test_default_cache_dir_sits_beside_writable_data(tmp_path):
-    assert default_cache_dir(tmp_path) == tmp_path / "aer_cache"
+def test_default_cache_dir_is_beside_demo_data_only(demo_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir(demo_root) == demo_root / "aer_cache"
+    assert default_cache_dir(tmp_path).parent == tmp_path / "xdg" / "aer"  # writable, but not aer's folder
 
 
 def test_input_stats_use_real_frames_only(demo_root, cache, oracle):

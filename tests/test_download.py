@@ -156,7 +156,7 @@ def _sha(data: bytes) -> str:
 
 
 def _leftovers(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.name.startswith((".extract-", ".replaced-", ".SHA256SUMS.")))
+    return sorted(p.name for p in root.iterdir() if p.name.startswith((".extract.", ".replaced.", ".SHA256SUMS.")))
 
 
 def test_full_download_extracts_and_records_sha256(server, tmp_path):

@@ -27,7 +27,7 @@ import pytest
 from test_convert import read_h5
 from test_tfrecord import independent_records, wire_parse
 
-from aer.data.convert import convert
+from aer.data.convert import convert, partial_path
 from aer.data.demo import generate
 from aer.data.proto import SequenceExample
 from aer.data.tfrecord import ShardError, frame
@@ -267,7 +267,7 @@ def test_fuzz_real_shards(corpus, tmp_path):
     before = template.read_bytes()
     out = tmp_path / "out" / "bal_train.h5"
     out.parent.mkdir()
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     stats = {"ok": 0, "error": 0, "cli": 0}
     old = signal.signal(signal.SIGALRM, _alarm)
     t_end = time.monotonic() + SECONDS

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import fcntl
+import contextlib
+import ctypes
 import hashlib
+import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -20,10 +22,73 @@ from tqdm import tqdm
 from aer import __version__
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, RecordError, parse_record, wire_frames
 from aer.data.tfrecord import ShardError, scan_records
+from aer.utils import disk_full, file_lock, is_disk_full
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+# 2: per-chunk fletcher32 checksums on every dataset, fixed-length video ids, a clip count to check
+FORMAT_VERSION = 2
+VIDEO_ID_BYTES = 32  # YouTube ids are 11 characters; fixed-length strings are what HDF5 can checksum
 ON_BAD = ("error", "skip")
 _WRITE_ROWS = 4096  # rows buffered between HDF5 writes: a few shards' worth, bounded whatever the split size
+DATASETS = ("features", "lengths", "labels", "video_id", "start_time", "end_time")
+
+
+class _WriteGuard:
+    """The file h5py writes the cache through: the first failed write (a full disk) is kept, and
+    the later ones are dropped, so HDF5 still closes the file.
+
+    Left to fail inside HDF5, the write leaves a file the library can neither flush nor close:
+    h5py then crashes the process (SIGSEGV) when it frees the file, or at exit.
+    """
+
+    def __init__(self, path: Path):
+        self.f = open(path, "w+b", buffering=0)  # unbuffered: each write fails where it happens
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += self.f.write(view[done:])
+            except OSError as e:
+                self.error = e
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.f.truncate(size)
+            except OSError as e:
+                self.error = e
+        return size if size is not None else self.f.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        return self.f.read(n)
+
+    def readinto(self, b) -> int:
+        return self.f.readinto(b)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def flush(self) -> None:
+        pass  # unbuffered
+
+    def close(self) -> None:
+        self.f.close()
+
+    def check(self, path: Path) -> None:
+        if self.error is not None:
+            raise disk_full(path, self.error) if is_disk_full(self.error) else self.error
+
+
+class CacheError(OSError):
+    """An HDF5 cache that is damaged, incomplete or not aer's; the message names the file."""
 
 
 @dataclass
@@ -59,6 +124,12 @@ class ConvertSummary:
 def read_shard(path: str, on_bad_record: str = "error", num_classes: int = NUM_CLASSES) -> ShardResult:
     with open(path, "rb") as f:
         data = f.read()
+    if not data:  # not even a truncated record: an empty file is a failed copy or download
+        if on_bad_record == "error":
+            raise ShardError(path, None, "empty file (0 bytes), expected TFRecord records")
+        return ShardResult(np.zeros((0, MAX_FRAMES, EMBED_DIM), np.uint8), np.zeros(0, np.uint8),
+                           np.zeros((0, num_classes), bool), [], np.zeros(0, np.float32), np.zeros(0, np.float32),
+                           hashlib.sha256(data).digest(), [f"{path}: empty file (0 bytes)"])
     vids, starts, ends, labels, counts, wires, lengths, skipped = [], [], [], [], [], [], [], []
     for index, payload, reason in scan_records(path, data):
         try:
@@ -66,6 +137,8 @@ def read_shard(path: str, on_bad_record: str = "error", num_classes: int = NUM_C
                 raise ShardError(path, index, reason)
             try:
                 vid, start, end, labs, wire, n = parse_record(payload, num_classes, MAX_FRAMES)
+                if len(vid.encode()) > VIDEO_ID_BYTES:
+                    raise RecordError(f"video_id {vid[:40]!r}... is longer than {VIDEO_ID_BYTES} bytes")
             except RecordError as e:
                 raise ShardError(path, index, str(e)) from None
         except ShardError as e:
@@ -112,32 +185,68 @@ def fingerprint(shards: list[Path]) -> str:
     return h.hexdigest()
 
 
-def cache_is_fresh(out: str | os.PathLike, fp: str, num_classes: int = NUM_CLASSES,
-                   on_bad_record: str = "skip") -> bool:
-    """True if `out` was built from these shards, for this many classes; a cache that skipped bad
-    records does not satisfy a strict (on_bad_record="error") run, which must stop at them."""
+_CHANGED = "built from other shards"
+
+
+def cache_problem(out: str | os.PathLike, fp: str, num_classes: int = NUM_CLASSES,
+                  on_bad_record: str = "skip") -> str | None:
+    """None if `out` is a complete cache built from these shards for this many classes; else why not.
+
+    A cache that skipped bad records does not satisfy a strict (on_bad_record="error") run, which
+    must stop at them. Damage inside the data is found on reading, by the chunks' checksums.
+    """
+    if not Path(out).exists():
+        return "no cache yet"
     try:
         with h5py.File(out, "r") as f:
             a = f.attrs
-            return (a.get("format_version") == FORMAT_VERSION and a.get("fingerprint") == fp
-                    and a.get("num_classes") == num_classes
-                    and (on_bad_record != "error" or a.get("skipped_records", 0) == 0))
-    except (OSError, KeyError):
-        return False
+            if a.get("format_version") != FORMAT_VERSION:
+                return f"cache format {a.get('format_version')}, expected {FORMAT_VERSION}"
+            if a.get("fingerprint") != fp:
+                return _CHANGED + " (names, sizes or times changed)"
+            if a.get("num_classes") != num_classes:
+                return f"built for {a.get('num_classes')} classes, expected {num_classes}"
+            if on_bad_record == "error" and a.get("skipped_records", 0):
+                return f"{a.get('skipped_records')} bad records were skipped, and data.on_bad_record=error"
+            return _incomplete(f)
+    except OSError as e:
+        return f"not a readable HDF5 file ({_first_line(e)})"
+
+
+def _incomplete(f: h5py.File) -> str | None:
+    """Why an open cache does not hold the clips its attributes say it does, or None."""
+    clips = f.attrs.get("clips")
+    for name in DATASETS:
+        if name not in f:
+            return f"dataset '{name}' is missing"
+        if f[name].shape[0] != clips:
+            return f"dataset '{name}' holds {f[name].shape[0]} rows, the cache says {clips} clips"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def cache_is_fresh(out: str | os.PathLike, fp: str, num_classes: int = NUM_CLASSES,
+                   on_bad_record: str = "skip") -> bool:
+    return cache_problem(out, fp, num_classes, on_bad_record) is None
 
 
 def _create(f: h5py.File, num_classes: int) -> dict[str, h5py.Dataset]:
-    chunk = 1024
+    def dataset(name: str, row: tuple, dtype, chunk_rows: int, **kw) -> h5py.Dataset:
+        # fletcher32: every chunk carries a checksum, so a damaged byte fails the read that meets it
+        return f.create_dataset(name, (0, *row), dtype, maxshape=(None, *row), chunks=(chunk_rows, *row),
+                                fletcher32=True, **kw)
+
     return {
-        "features": f.create_dataset("features", (0, MAX_FRAMES, EMBED_DIM), np.uint8,
-                                     maxshape=(None, MAX_FRAMES, EMBED_DIM), chunks=(chunk, MAX_FRAMES, EMBED_DIM)),
-        "lengths": f.create_dataset("lengths", (0,), np.uint8, maxshape=(None,), chunks=(chunk * 16,)),
-        "labels": f.create_dataset("labels", (0, num_classes), bool, maxshape=(None, num_classes),
-                                   chunks=(chunk, num_classes), compression="lzf"),
-        "video_id": f.create_dataset("video_id", (0,), h5py.string_dtype("utf-8"), maxshape=(None,),
-                                     chunks=(chunk * 16,)),
-        "start_time": f.create_dataset("start_time", (0,), np.float32, maxshape=(None,), chunks=(chunk * 16,)),
-        "end_time": f.create_dataset("end_time", (0,), np.float32, maxshape=(None,), chunks=(chunk * 16,)),
+        "features": dataset("features", (MAX_FRAMES, EMBED_DIM), np.uint8, 1024),
+        "lengths": dataset("lengths", (), np.uint8, 16384),
+        "labels": dataset("labels", (num_classes,), bool, 1024, compression="lzf"),
+        "video_id": dataset("video_id", (), f"S{VIDEO_ID_BYTES}", 16384, compression="lzf"),
+        "start_time": dataset("start_time", (), np.float32, 16384),
+        "end_time": dataset("end_time", (), np.float32, 16384),
     }
 
 
@@ -146,7 +255,7 @@ def _append(dsets: dict[str, h5py.Dataset], parts: list[ShardResult]) -> int:
         "features": np.concatenate([p.features for p in parts]),
         "lengths": np.concatenate([p.lengths for p in parts]),
         "labels": np.concatenate([p.labels for p in parts]),
-        "video_id": np.array([v for p in parts for v in p.video_ids], dtype=object),
+        "video_id": np.array([v.encode() for p in parts for v in p.video_ids], dtype=f"S{VIDEO_ID_BYTES}"),
         "start_time": np.concatenate([p.start_time for p in parts]),
         "end_time": np.concatenate([p.end_time for p in parts]),
     }
@@ -186,6 +295,20 @@ def _groups(shards: list[Path], target_bytes: int = 1 << 20) -> list[list[str]]:
     return groups
 
 
+def _worker_init(parent: int) -> None:
+    """A conversion worker dies with the process that started it, however that one ends.
+
+    Without this, a parent killed by SIGKILL or SIGTERM leaves its workers blocked on their pipes
+    for ever. Ctrl-C reaches the whole process group: the parent handles it, the workers ignore it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
 def _results(shards: list[Path], workers: int, on_bad_record: str, num_classes: int):
     """Shard results in shard order; at most a few groups of shards per worker are in flight."""
     if workers <= 1:
@@ -193,18 +316,37 @@ def _results(shards: list[Path], workers: int, on_bad_record: str, num_classes: 
             yield read_shard(str(p), on_bad_record, num_classes)
         return
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        pending: deque[cf.Future] = deque()
-        try:
-            for group in _groups(shards):
-                pending.append(pool.submit(_read_group, group, on_bad_record, num_classes))
-                if len(pending) >= 2 * workers:
-                    yield from _unpacked(pending.popleft().result(), num_classes)
-            while pending:
-                yield from _unpacked(pending.popleft().result(), num_classes)
-        finally:
-            for fut in pending:
-                fut.cancel()
+    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        pending: deque = deque()
+        for group in _groups(shards):
+            pending.append(pool.apply_async(_read_group, (group, on_bad_record, num_classes)))
+            if len(pending) >= 2 * workers:
+                yield from _unpacked(pending.popleft().get(), num_classes)
+        while pending:
+            yield from _unpacked(pending.popleft().get(), num_classes)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # a worker's error, a full disk or Ctrl-C: stop the others now, not after their tasks
+        raise
+    finally:
+        pool.join()
+
+
+def partial_path(out: Path) -> Path:
+    """Where a conversion builds `out` (hidden, beside it) until it is complete."""
+    return out.with_name(f".{out.name}.partial")
+
+
+def _check_paths(src: Path, out: Path, workers) -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers={workers!r}: expected a positive integer")
+    src_r, out_r = src.resolve(), out.resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise ValueError(f"{out}: is inside the shard folder {src}; write the cache elsewhere "
+                         f"(aer never writes into a data folder it did not make)")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out}: is a directory, expected the path of an .h5 file to write")
 
 
 def convert(src_dir: str | os.PathLike, out: str | os.PathLike, *, workers: int = 1,
@@ -218,56 +360,95 @@ def convert(src_dir: str | os.PathLike, out: str | os.PathLike, *, workers: int 
     if on_bad_record not in ON_BAD:
         raise ValueError(f"on_bad_record={on_bad_record!r}: expected one of {', '.join(ON_BAD)}")
     t0 = time.perf_counter()
-    out = Path(out)
-    shards = list_shards(src_dir)
+    src, out = Path(src_dir), Path(out)
+    _check_paths(src, out, workers)
+    shards = list_shards(src)
     fp = fingerprint(shards)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{out}.lock", "w") as lock:
-        # Two processes converting the same split (two sweeps starting at once) take turns.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        tmp = out.with_name(out.name + ".partial")
-        if not force and cache_is_fresh(out, fp, num_classes, on_bad_record):
-            tmp.unlink(missing_ok=True)  # left by a killed run; we hold the lock, so no one is writing it
+    # Two processes converting the same split (two sweeps starting at once) take turns.
+    with file_lock(out.with_name(f".{out.name}.lock"), f"converting {src} into {out}"):
+        tmp = partial_path(out)
+        tmp.unlink(missing_ok=True)  # left by a killed run; we hold the lock, so no one is writing it
+        problem = "rebuild asked for (force)" if force else cache_problem(out, fp, num_classes, on_bad_record)
+        if problem is None:
             with h5py.File(out, "r") as f:
-                return ConvertSummary(out, int(f["lengths"].shape[0]), len(shards),
+                return ConvertSummary(out, int(f.attrs["clips"]), len(shards),
                                       int(f.attrs.get("skipped_records", 0)), True, time.perf_counter() - t0)
-        skipped: list[str] = []
-        n_skipped = 0
+        if out.exists():  # shards that changed are the normal reason; anything else is worth a warning
+            say = log.info if force or problem.startswith(_CHANGED) else log.warning
+            say("%s: %s; rebuilding it from %s", out, problem, src)
         try:
-            with h5py.File(tmp, "w") as f:
-                dsets = _create(f, num_classes)
-                buf: list[ShardResult] = []
-                rows = 0
-                digest = hashlib.sha256()
-                bar = tqdm(total=len(shards), unit="shard", desc=f"convert {Path(src_dir).name}",
-                           disable=(not progress) if progress is not None else None, dynamic_ncols=True)
-                total = 0
-                with bar:
-                    for res in _results(shards, workers, on_bad_record, num_classes):
-                        digest.update(res.digest)
-                        n_skipped += len(res.skipped)
-                        skipped.extend(res.skipped[: max(0, 10 - len(skipped))])
-                        buf.append(res)
-                        rows += len(res.video_ids)
-                        if rows >= _WRITE_ROWS:
-                            total += _append(dsets, buf)
-                            buf, rows = [], 0
-                        bar.update(1)
-                        bar.set_postfix(clips=total + rows, refresh=False)
-                    if buf:
-                        total += _append(dsets, buf)
-                f.attrs.update({
-                    "format_version": FORMAT_VERSION, "fingerprint": fp, "source_sha256": digest.hexdigest(),
-                    "num_shards": len(shards), "num_classes": num_classes, "skipped_records": n_skipped,
-                    "source": str(Path(src_dir).resolve()), "aer_version": __version__,
-                })
-            if total == 0:
-                raise ShardError(src_dir, None, "no valid clips in any shard")
+            total, n_skipped, skipped = _write(tmp, src, shards, fp, workers, on_bad_record, num_classes, progress)
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
+            if isinstance(e, Exception) and is_disk_full(e):
+                raise disk_full(out, e) from None
             raise
     return ConvertSummary(out, total, len(shards), n_skipped, False, time.perf_counter() - t0, skipped)
+
+
+def _write(tmp: Path, src: Path, shards: list[Path], fp: str, workers: int, on_bad_record: str,
+           num_classes: int, progress: bool | None) -> tuple[int, int, list[str]]:
+    """Streams the shards into a new HDF5 file at `tmp`; (clips, bad records skipped, a few of them)."""
+    skipped: list[str] = []
+    n_skipped = total = 0
+    seen: set[str] = set()
+    digest = hashlib.sha256()
+    guard = _WriteGuard(tmp)
+    try:
+        with h5py.File(guard, "w") as f:
+            dsets = _create(f, num_classes)
+            buf: list[ShardResult] = []
+            rows = 0
+            bar = tqdm(total=len(shards), unit="shard", desc=f"convert {src.name}",
+                       disable=(not progress) if progress is not None else None, dynamic_ncols=True)
+            with bar:
+                for shard, res in zip(shards, _results(shards, workers, on_bad_record, num_classes)):
+                    digest.update(res.digest)
+                    dups = _drop_duplicates(res, seen, shard, on_bad_record)
+                    n_skipped += len(res.skipped) + len(dups)
+                    skipped.extend((res.skipped + dups)[: max(0, 10 - len(skipped))])
+                    buf.append(res)
+                    rows += len(res.video_ids)
+                    if rows >= _WRITE_ROWS:
+                        total += _append(dsets, buf)
+                        buf, rows = [], 0
+                        guard.check(tmp)
+                    bar.update(1)
+                    bar.set_postfix(clips=total + rows, refresh=False)
+                if buf:
+                    total += _append(dsets, buf)
+            if total == 0:
+                raise ShardError(src, None, "no valid clips in any shard")
+            f.attrs.update({
+                "format_version": FORMAT_VERSION, "fingerprint": fp, "source_sha256": digest.hexdigest(),
+                "num_shards": len(shards), "num_classes": num_classes, "skipped_records": n_skipped,
+                "clips": total, "source": str(src.resolve()), "aer_version": __version__,
+            })
+        guard.check(tmp)  # closing wrote the last chunks and the metadata
+    finally:
+        guard.close()
+    return total, n_skipped, skipped
+
+
+def _drop_duplicates(res: ShardResult, seen: set[str], shard: Path, on_bad_record: str) -> list[str]:
+    """A video_id already read is an error (or, when skipping bad records, dropped with a note)."""
+    dup = []
+    for i, v in enumerate(res.video_ids):  # one by one: a shard can repeat a clip of its own
+        if v in seen:
+            dup.append(i)
+        seen.add(v)
+    if not dup:
+        return []
+    notes = [f"{shard}: video_id {res.video_ids[i]!r} was already read (duplicate clip)" for i in dup]
+    if on_bad_record == "error":
+        raise ShardError(shard, None, f"video_id {res.video_ids[dup[0]]!r} was already read from an earlier "
+                                      f"record or shard (duplicate clip)")
+    keep = np.setdiff1d(np.arange(len(res.video_ids)), dup)
+    res.features, res.lengths, res.labels = res.features[keep], res.lengths[keep], res.labels[keep]
+    res.start_time, res.end_time = res.start_time[keep], res.end_time[keep]
+    res.video_ids = [res.video_ids[i] for i in keep]
+    return notes
 
 
 def load_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -275,34 +456,56 @@ def load_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return load_splits([path])
 
 
+def _open_cache(path: Path) -> h5py.File:
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise CacheError(f"{path}: no such cache file") from None
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable aer HDF5 cache ({_first_line(e)})") from None
+    version = f.attrs.get("format_version")
+    problem = (f"cache format {version}, expected {FORMAT_VERSION}" if version != FORMAT_VERSION
+               else _incomplete(f))
+    if problem:
+        f.close()
+        raise CacheError(f"{path}: {problem}")
+    return f
+
+
 def load_splits(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
     """Converted splits read into memory as one, in order (features stay uint8, labels bool); each
-    array is allocated once, not loaded per split and concatenated, which would hold every clip twice."""
-    files = []
+    array is allocated once, not loaded per split and concatenated, which would hold every clip twice.
+
+    Every chunk's checksum is verified on the way: a damaged cache raises CacheError naming it.
+    """
+    files: list[tuple[Path, h5py.File]] = []
     try:
         for path in map(Path, paths):
-            try:
-                files.append(h5py.File(path, "r"))
-            except OSError as e:
-                raise OSError(f"{path}: not a readable aer HDF5 cache ({e}); delete it to rebuild") from None
-            version = files[-1].attrs.get("format_version")
-            if version != FORMAT_VERSION:
-                raise ValueError(f"{path}: cache format {version}, expected {FORMAT_VERSION}; delete it to rebuild")
-        if len({f["labels"].shape[1] for f in files}) > 1:
+            files.append((path, _open_cache(path)))
+        if len({f["labels"].shape[1] for _, f in files}) > 1:
             raise ValueError(f"{', '.join(map(str, paths))}: the splits have different numbers of classes")
-        ends = np.cumsum([0] + [f["lengths"].shape[0] for f in files])
+        ends = np.cumsum([0] + [f["lengths"].shape[0] for _, f in files])
         out = {}
-        for name in ("features", "labels", "lengths", "start_time", "end_time"):
-            d0 = files[0][name]
-            out[name] = np.empty((ends[-1], *d0.shape[1:]), dtype=np.int64 if name == "lengths" else d0.dtype)
-            for f, a, b in zip(files, ends[:-1], ends[1:]):
+        for name in DATASETS:
+            d0 = files[0][1][name]
+            dtype = {"lengths": np.int64, "video_id": object}.get(name, d0.dtype)
+            out[name] = np.empty((ends[-1], *d0.shape[1:]), dtype=dtype)
+            for (path, f), a, b in zip(files, ends[:-1], ends[1:]):
                 if b > a:
-                    if name == "lengths":
-                        out[name][a:b] = f[name][()]
-                    else:
-                        f[name].read_direct(out[name], dest_sel=np.s_[a:b])
-        out["video_id"] = np.concatenate([f["video_id"].asstr()[()] for f in files])
+                    _read_into(path, f[name], out[name], a, b)
         return out
     finally:
-        for f in files:
+        for _, f in files:
             f.close()
+
+
+def _read_into(path: Path, d: h5py.Dataset, out: np.ndarray, a: int, b: int) -> None:
+    try:
+        if out.dtype == object:  # fixed-length utf-8 bytes → str
+            out[a:b] = np.char.decode(d[()], "utf-8")
+        elif out.dtype != d.dtype:
+            out[a:b] = d[()]
+        else:
+            d.read_direct(out, dest_sel=np.s_[a:b])
+    except OSError as e:  # a checksum that fails, a chunk that cannot be read
+        raise CacheError(f"{path}: dataset '{d.name.lstrip('/')}' is damaged ({_first_line(e)})") from None

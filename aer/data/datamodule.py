@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aer.data.convert import ON_BAD, convert, load_split, load_splits
-from aer.data.demo import ensure_demo
+from aer.data.convert import ON_BAD, CacheError, convert, load_splits
+from aer.data.demo import ensure_demo, is_demo
 from aer.data.records import NUM_CLASSES
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
 
@@ -57,8 +57,11 @@ def resolve_split_dir(root: Path, split: str) -> Path:
 
 
 def default_cache_dir(root: Path) -> Path:
-    """Beside the data where it is writable; else a per-root folder under ~/.cache/aer."""
-    if os.access(root, os.W_OK):
+    """Beside the data in a demo set (aer made that folder); else a per-root folder under ~/.cache/aer.
+
+    A data folder aer did not make (the release, a copy of it) is never written into.
+    """
+    if is_demo(root):
         return root / "aer_cache"
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -128,31 +131,45 @@ class AudioSetDataModule(pl.LightningDataModule):
         for split in self.needed_splits:
             self.prepare_split(split)
 
-    def prepare_split(self, split: str) -> Path:
+    def prepare_split(self, split: str, force: bool = False) -> Path:
         """Makes sure `split` is converted (generating demo shards first when asked); its cache path."""
         if self.demo is not None and ensure_demo(self.root, **self.demo):
             log.info("generated demo shards in %s", self.root)
         if self.demo is None and not self.root.is_dir():
             self.check_layout()
-        summary = convert(resolve_split_dir(self.root, split), self.cache_path(split),
-                          workers=self.convert_workers, on_bad_record=self.on_bad_record,
-                          num_classes=self.num_classes)
+        try:
+            src = resolve_split_dir(self.root, split)
+        except FileNotFoundError:
+            if self.cache_path(split).exists():
+                raise FileNotFoundError(f"{self.cache_path(split)}: its shards are gone (no '{split}' folder in "
+                                        f"data.root={self.root}), so it cannot be checked or rebuilt") from None
+            raise
+        summary = convert(src, self.cache_path(split), workers=self.convert_workers,
+                          on_bad_record=self.on_bad_record, num_classes=self.num_classes, force=force)
         log.info("%s", summary)
         return summary.out
 
+    def _load_splits(self, splits: list[str]) -> dict[str, np.ndarray]:
+        """The splits' arrays, read into one allocation per array (train_split=all would otherwise
+        hold every clip twice). A damaged cache is named, rebuilt from its shards and read again."""
+        paths = [self.prepare_split(s) for s in splits]
+        try:
+            return load_splits(paths)
+        except CacheError as e:
+            log.warning("%s: rebuilding from the shards", e)
+            return load_splits([self.prepare_split(s, force=True) for s in splits])
+
     def _load(self, split: str) -> dict[str, np.ndarray]:
         if split not in self._arrays:
-            self._arrays[split] = load_split(self.prepare_split(split))
+            self._arrays[split] = self._load_splits([split])
         return self._arrays[split]
 
     def _load_train(self) -> dict[str, np.ndarray]:
-        """The training splits' arrays; several splits (train_split=all) are read into one
-        allocation per array, not loaded and concatenated, which would hold every clip twice."""
         if len(self.train_splits) == 1:
             return self._load(self.train_splits[0])
         key = "+".join(self.train_splits)
         if key not in self._arrays:
-            self._arrays[key] = load_splits([self.prepare_split(s) for s in self.train_splits])
+            self._arrays[key] = self._load_splits(self.train_splits)
         return self._arrays[key]
 
     def _dataset(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> ClipBatches:

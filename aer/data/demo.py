@@ -8,10 +8,13 @@ Class frequencies are long-tailed and clips carry 1-4 labels, as in AudioSet.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import shutil
 import string
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import numpy as np
 
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, Clip, serialize_clip
 from aer.data.tfrecord import write_records
+from aer.utils import remove_stale_partials
 
 _ID_CHARS = np.array(list(string.ascii_letters + string.digits + "-_"))
 TRANSIENT_EVERY = 4  # every 4th class is transient
@@ -76,37 +80,81 @@ def _write_split(out: Path, clips: list[Clip]) -> None:
 
 def generate(out_dir: str | os.PathLike, clips: int = 20000, eval_clips: int | None = None, seed: int = 0,
              num_classes: int = NUM_CLASSES) -> dict:
-    """Writes `bal_train/`, `eval/` and `class_labels_indices.csv` under `out_dir`; returns the spec."""
+    """Writes `bal_train/`, `eval/` and `class_labels_indices.csv` under `out_dir`; returns the spec.
+
+    `out_dir` must be missing or empty: the set is built in a temporary folder beside it and renamed
+    into place when complete, so a kill leaves nothing that looks like a demo set, and no file that
+    was there before is ever touched.
+    """
     out = Path(out_dir)
+    _check_empty(out)
     eval_clips = clips // 2 if eval_clips is None else eval_clips
     spec = {"clips": clips, "eval_clips": eval_clips, "seed": seed, "num_classes": num_classes, "version": 1}
-    rng = np.random.default_rng(seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out.parent)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".partial"))
+    try:
+        _write_set(stage, spec)
+        with contextlib.suppress(FileNotFoundError):
+            out.rmdir()  # an empty folder; one that is not empty (any more) is left alone: rename fails
+        try:
+            os.rename(stage, out)
+        except OSError:
+            if _read_marker(out) != spec:  # not another process's identical set, made meanwhile
+                raise FileExistsError(f"{out}: files appeared there while the demo set was being made") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return spec
+
+
+def _write_set(out: Path, spec: dict) -> None:
+    rng = np.random.default_rng(spec["seed"])
+    num_classes = spec["num_classes"]
     protos = rng.standard_normal((num_classes, EMBED_DIM))
     prior = 1.0 / (np.arange(num_classes) + 8.0)
     prior = rng.permutation(prior / prior.sum())
     taken: set[str] = set()
-    out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("bal_train", clips), ("eval", eval_clips)):
+    for split, n in (("bal_train", spec["clips"]), ("eval", spec["eval_clips"])):
         _write_split(out / split, _make_clips(rng, n, protos, prior, _video_ids(rng, n, taken)))
-    tmp = out / "class_labels_indices.csv.partial"
-    with open(tmp, "w", newline="") as f:
+    with open(out / "class_labels_indices.csv", "w", newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_MINIMAL)
         w.writerow(["index", "mid", "display_name"])
         w.writerows(_class_table(num_classes))
-    os.replace(tmp, out / "class_labels_indices.csv")
-    (out / MARKER).write_text(json.dumps(spec, indent=2) + "\n")
-    return spec
+    (out / MARKER).write_text(json.dumps(spec, indent=2) + "\n")  # last: it says the set is whole
+
+
+def _read_marker(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_empty(out: Path) -> None:
+    """The demo generator writes only where there is nothing to lose."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: is a file, expected a folder for the demo set")
+    found = sorted(p.name for p in out.iterdir())[:3] if out.is_dir() else []
+    if found:
+        raise FileExistsError(
+            f"data.root={out} holds files the demo generator did not make ({', '.join(found)}, ...): "
+            f"to train on them use data=audioset data.root={out}; for demo data give data.root a new or empty folder")
 
 
 def ensure_demo(out_dir: str | os.PathLike, clips: int, eval_clips: int | None, seed: int) -> bool:
     """Generates the demo set unless one with the same spec is already there; True if it wrote."""
-    marker = Path(out_dir) / MARKER
+    out = Path(out_dir)
     want = {"clips": clips, "eval_clips": clips // 2 if eval_clips is None else eval_clips, "seed": seed}
-    if marker.exists():
-        have = json.loads(marker.read_text())
+    have = _read_marker(out)
+    if have is not None:
         if all(have.get(k) == v for k, v in want.items()):
             return False
         raise FileExistsError(f"{out_dir} holds a demo set made with {have}, not {want}; "
                               f"pick another data.root or delete it")
-    generate(out_dir, clips, eval_clips, seed)
+    generate(out, clips, want["eval_clips"], seed)
     return True
+
+
+def is_demo(root: str | os.PathLike) -> bool:
+    """True for a folder the demo generator made (and so may write beside its data)."""
+    return _read_marker(Path(root)) is not None

@@ -34,6 +34,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from aer.utils import atomic_write_text, disk_full, is_disk_full, remove_stale_partials
+
 # HTTPS rather than the bucket's plain-HTTP URL: Google publishes no checksums for
 # this release, so transport integrity is the only guarantee the bytes are genuine.
 DEFAULT_BASE_URL = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/"
@@ -155,7 +157,10 @@ def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool) -> None
                     raise _Transient(f"transfer interrupted: {_one_line(exc)}") from exc
                 if not chunk:
                     break
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:  # the .part is kept: a rerun resumes once there is space
+                    raise (disk_full(part, exc) if is_disk_full(exc) else exc) from None
                 bar.update(len(chunk))
 
     size = part.stat().st_size
@@ -204,14 +209,7 @@ def _read_sums(path: Path) -> dict[str, str]:
 
 def _write_sums(root: Path, sums: dict[str, str]) -> None:
     # Atomic so an interrupted run never leaves a truncated SHA256SUMS behind.
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKSUMS}.", dir=root)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))
-        os.replace(tmp, root / CHECKSUMS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(root / CHECKSUMS, "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())))
 
 
 def _is_extracted(root: Path) -> bool:
@@ -344,7 +342,7 @@ def _place(staging: Path, root: Path) -> list[Path]:
             sources.append(entry)
     # Previous versions are moved aside (same filesystem, so atomic) and deleted only
     # once every new entry is in place.
-    trash = Path(tempfile.mkdtemp(prefix=".replaced-", dir=root))
+    trash = Path(tempfile.mkdtemp(prefix=f".replaced.{os.getpid()}.", suffix=".partial", dir=root))
     try:
         placed = []
         for i, src in enumerate(sources):
@@ -380,7 +378,8 @@ def extract(archive: str | os.PathLike, root: str | os.PathLike, *, keep_archive
         _check_members(members, archive.name)
 
         root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+        remove_stale_partials(root)  # the staging folders of killed extractions
+        staging = Path(tempfile.mkdtemp(prefix=f".extract.{os.getpid()}.", suffix=".partial", dir=root))
         try:
             # tarfile's own "data" filter (3.11.4+) is a second, independent guard that
             # checks real paths on disk as it goes.
@@ -389,6 +388,8 @@ def extract(archive: str | os.PathLike, root: str | os.PathLike, *, keep_archive
                 tar.extractall(staging, members=members, **guard)
             except _ARCHIVE_ERRORS as exc:
                 raise DownloadError(f"{archive.name}: extraction failed: {_one_line(exc)}") from exc
+            except OSError as exc:
+                raise (disk_full(staging, exc) if is_disk_full(exc) else exc) from None
             placed = _place(staging, root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 
 import google_crc32c
 
+from aer.utils import atomic_write_bytes
+
 _LEN = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
@@ -81,7 +83,4 @@ def frame(payload: bytes) -> bytes:
 
 def write_records(path: str | os.PathLike, payloads: Iterable[bytes]) -> None:
     """Writes a shard atomically: a reader never sees half of it."""
-    tmp = f"{os.fspath(path)}.partial"
-    with open(tmp, "wb") as f:
-        f.write(b"".join(frame(p) for p in payloads))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, b"".join(frame(p) for p in payloads))
