@@ -5,7 +5,7 @@ from omegaconf import DictConfig
 
 import aer.config  # noqa: F401 — registers the config resolvers
 from aer.ensemble import run
-from aer.entry import task
+from aer.entry import cli, task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="ensemble")
@@ -14,4 +14,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

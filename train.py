@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import aer.config  # noqa: F401 — registers the config resolvers
-from aer.entry import task
+from aer.entry import cli, task
 from aer.train import run
 
 
@@ -14,4 +14,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -99,3 +99,44 @@ class FrozenHeap(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._thaw()
+
+
+class Divergence(pl.Callback):
+    """Says whether a run diverged: its training loss grew many times over, or validation stayed at chance.
+
+    The reference is the loss of the first training batch (the initial model's, about ln 2 for
+    sigmoid outputs near 0.5), so a learning rate that blows up within the first epoch is caught too.
+    """
+
+    def __init__(self, loss_factor: float = 10.0, chance_auc: float = 0.52, min_epochs: int = 5) -> None:
+        self.loss_factor, self.chance_auc, self.min_epochs = loss_factor, chance_auc, min_epochs
+        self.first_loss: float | None = None
+        self.epoch_losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.first_loss is None and outputs is not None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.first_loss = float(loss)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("train/loss_epoch")
+        if loss is not None:
+            self.epoch_losses.append(float(loss))
+
+    def verdict(self, metrics: dict, epochs: int) -> str | None:
+        """Why the run counts as diverged, in one line, or None."""
+        if self.first_loss and self.epoch_losses and self.epoch_losses[-1] > self.loss_factor * self.first_loss:
+            return (f"train/loss rose from {self.first_loss:.4g} (first batch) to {self.epoch_losses[-1]:.4g} "
+                    f"(last epoch): lower optim.lr or add optim.warmup_epochs")
+        auc = metrics.get("val/mAUC")
+        if auc is not None and epochs >= self.min_epochs and auc < self.chance_auc:
+            return (f"val/mAUC is {auc:.4f} after {epochs} epochs, at chance (< {self.chance_auc}): "
+                    f"the model learned nothing; check optim.lr and the data")
+        return None
+
+    def state_dict(self) -> dict:
+        return {"first_loss": self.first_loss, "epoch_losses": list(self.epoch_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_loss = state.get("first_loss")
+        self.epoch_losses = list(state.get("epoch_losses", []))

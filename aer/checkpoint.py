@@ -54,14 +54,36 @@ def _one_line(e: BaseException) -> str:
 def _unpickler_detail(e: BaseException) -> tuple[str | None, str]:
     """(the global the file would import, if that is why; the unpickler's own reason).
 
-    torch's weights_only refusal is a paragraph of advice; only these parts say what is wrong.
+    torch's weights_only refusal is a paragraph of advice (including to turn the check off, which
+    aer never suggests); only these parts say what is wrong. Its wording differs between torch
+    versions ("Unsupported global: GLOBAL x", "unsupported GLOBAL x whose module y is blocked").
     """
     text = str(e)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
-        return found.group(1), ""
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", text, re.S)
-    return None, " ".join(found.group(1).split()) if found else _one_line(e)
+        return found.group(1).rstrip("."), ""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    reasons = [p for p in paragraphs if not _ADVICE.search(p)]
+    return None, _first_sentence(reasons[0] if reasons else _one_line(e))
+
+
+_ADVICE = re.compile(r"weights_only|Weights only load failed|documentation of torch.load|trusted source", re.I)
+# A torch file is a zip archive (torch.save since 1.6) or, in the legacy format, a pickle.
+_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].rstrip(".")
+
+
+def _unreadable(p: Path, e: BaseException) -> CheckpointError:
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_MAGIC):
+        return CheckpointError(f"{p}: not a torch checkpoint (a torch file is a zip archive or a pickle; this one "
+                               f"starts with {head!r})")
+    detail = _unpickler_detail(e)[1] if isinstance(e, pickle.UnpicklingError) else _first_sentence(_one_line(e))
+    return CheckpointError(f"{p}: not a readable torch checkpoint (truncated or damaged): {detail}")
 
 
 def _plain(obj):
@@ -85,15 +107,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             warnings.simplefilter("ignore")  # e.g. a pickle protocol note on a foreign file: the error says it all
             ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        name, detail = _unpickler_detail(e)
+        name, _ = _unpickler_detail(e)
         if name:
-            raise CheckpointError(f"{p}: refused to load: it would import {name}, and a checkpoint is read as "
-                                  f"tensors and plain values only (torch.load weights_only=True)") from None
-        raise CheckpointError(f"{p}: not a readable torch checkpoint (truncated, or another format): "
-                              f"{detail}") from None
+            raise CheckpointError(f"{p}: refused to load: it would import {name}, which a checkpoint never needs "
+                                  f"(aer reads tensors and plain values only); do not use this file") from None
+        raise _unreadable(p, e) from None
     except Exception as e:  # noqa: BLE001 — whatever torch fails with, the file is unreadable
-        raise CheckpointError(f"{p}: not a readable torch checkpoint (truncated, or another format): "
-                              f"{_one_line(e)}") from None
+        raise _unreadable(p, e) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{p}: not an aer checkpoint (holds a {type(ckpt).__name__}, expected the dict "
                               f"a Lightning ModelCheckpoint writes)")

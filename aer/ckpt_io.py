@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import io
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from aer.utils import atomic_open
+from aer.utils import atomic_write_bytes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        # Serialised in memory first: torch's zip writer turns a full disk into "unexpected pos";
+        # a plain write of the bytes gets the OSError, which atomic_path names in one line.
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getbuffer(), fsync=True)

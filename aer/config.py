@@ -32,6 +32,10 @@ def check_train_config(cfg: DictConfig) -> None:
         val = OmegaConf.select(cfg, key)
         if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
             raise ValueError(f"{key}={val!r}: expected a positive integer")
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise ValueError(f"trainer.limit_train_batches={limit!r}: expected a positive number (a count of batches, "
+                         f"or a fraction of them), or null for all: with 0 the run would train no step")
     for key in ("optim.lr",):
         val = OmegaConf.select(cfg, key)
         if not isinstance(val, (int, float)) or val <= 0:

@@ -20,6 +20,13 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+def _check_number(key: str, val, lo: float, hi: float | None, open_low: bool = False) -> None:
+    ok = isinstance(val, (int, float)) and not isinstance(val, bool) and (val > lo if open_low else val >= lo)
+    if not ok or (hi is not None and val > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"{'above' if open_low else 'at least'} {lo}"
+        raise ValueError(f"{key}={val!r}: expected a number {bound}")
+
+
 class Tagger(pl.LightningModule):
     """Multi-label tagger: sigmoid cross-entropy on logits, Adam, mAP/mAUC on validation and test.
 
@@ -38,10 +45,19 @@ class Tagger(pl.LightningModule):
             raise ValueError(f"optim.scheduler={scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"data.normalize={input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
-        if lr <= 0:
-            raise ValueError(f"optim.lr={lr!r}: expected a positive number")
+        _check_number("optim.lr", lr, 0, None, open_low=True)
+        _check_number("optim.weight_decay", weight_decay, 0, None)
+        _check_number("optim.warmup_epochs", warmup_epochs, 0, None)
+        _check_number("optim.min_lr_ratio", min_lr_ratio, 0, 1)
+        _check_number("augment.mixup_alpha", mixup_alpha, 0, None)
+        _check_number("augment.label_smoothing", label_smoothing, 0, 1)
         self.save_hyperparameters(logger=False)
-        self.net = build_net(net, num_classes=num_classes, in_dim=in_dim, max_frames=max_frames, **(net_kwargs or {}))
+        try:
+            self.net = build_net(net, num_classes=num_classes, in_dim=in_dim, max_frames=max_frames,
+                                 **(net_kwargs or {}))
+        except (TypeError, ValueError, RuntimeError) as e:  # a model.* value the network cannot take
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"model={net} {net_kwargs or {}}: cannot build the network: {first}") from None
         apply_init(self.net, init, **(init_kwargs or {}))
         # Standardisation statistics live in the checkpoint, so a loaded model needs no dataset.
         self.register_buffer("input_mean", torch.zeros(in_dim))

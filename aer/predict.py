@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import aer.config  # noqa: F401 — registers the resolvers the config uses
 from aer.data.convert import ON_BAD, list_shards, load_split, read_shard
-from aer.entry import task
+from aer.entry import cli, task
 from aer.utils import atomic_open
 
 if TYPE_CHECKING:
@@ -245,4 +245,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -14,11 +14,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import StochasticWeightAveraging
 
-from aer.callbacks import BestMetric, FrozenHeap, Throughput
+from aer.callbacks import BestMetric, Divergence, FrozenHeap, Throughput
 from aer.ckpt_io import AtomicCheckpointIO
 from aer.config import check_train_config, module_kwargs
 from aer.module import Tagger
-from aer.utils import write_json
+from aer.utils import remove_stale_partials, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,32 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
             return str(last)
         log.info("ckpt_path=last but %s does not exist yet: starting fresh", last)
         return None
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
+
+
+# The data settings that decide which clips are trained on and which validated.
+SPLIT_KEYS = ("mode", "train_split", "val_fraction", "split_seed", "num_classes")
+
+
+def check_resume(path: str, dm) -> None:
+    """The checkpoint must be an aer one (read by the one safe loader) trained on the same split."""
+    from aer.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(path).get("datamodule_hyper_parameters") or {}
+    for key in SPLIT_KEYS:
+        if key in stored and stored[key] != dm.hparams.get(key):
+            raise ValueError(f"ckpt_path={path}: it was trained with data.{key}={stored[key]!r}, this run has "
+                             f"data.{key}={dm.hparams.get(key)!r}; resuming would train or validate on other "
+                             f"clips: use the same data settings, or start a new run")
+
+
+def no_steps_reason(trainer: pl.Trainer, dm) -> str:
+    """Why fit ran no optimizer step, in words a user can act on."""
+    dm.setup("fit")
+    n = len(dm.split_info("train")["labels"])
+    if dm.drop_last and dm.batch_size > n:
+        return f"data.batch_size={dm.batch_size} is above the {n} training clips and data.drop_last=true"
+    return f"{n} training clips, data.batch_size={dm.batch_size}, trainer.max_epochs={trainer.max_epochs}"
 
 
 def hparams_for_dashboard(cfg: DictConfig) -> dict:
@@ -152,7 +175,7 @@ def _run(cfg: DictConfig) -> dict:
             cfg.callbacks.model_checkpoint.monitor = None
             cfg.callbacks.model_checkpoint.filename = "final"
     model = Tagger(**module_kwargs(cfg))
-    throughput, best = Throughput(), BestMetric("val/mAP")
+    throughput, best, divergence = Throughput(), BestMetric("val/mAP"), Divergence()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += last_epoch_checkpoint(callbacks)
     use_swa = bool(cfg.swa.enabled)  # conf/train.yaml holds the swa section's defaults
@@ -161,7 +184,7 @@ def _run(cfg: DictConfig) -> dict:
                                                    swa_epoch_start=cfg.swa.epoch_start,
                                                    annealing_epochs=cfg.swa.annealing_epochs))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks += [throughput, best, FrozenHeap()]
+    callbacks += [throughput, best, divergence, FrozenHeap()]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
                                                   plugins=[AtomicCheckpointIO()])
     if logger:
@@ -172,8 +195,15 @@ def _run(cfg: DictConfig) -> dict:
         dm.setup("fit")
         model.set_input_stats(*dm.input_stats())
     ckpt_cb = trainer.checkpoint_callback
+    for folder in (out_dir, Path(ckpt_cb.dirpath)):
+        remove_stale_partials(folder)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(ckpt_cb.dirpath))
+    if ckpt_path:
+        check_resume(ckpt_path, dm)
     _check_ddp_launch(trainer)
-    trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), Path(ckpt_cb.dirpath)))
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    if trainer.global_step == 0:
+        raise ValueError(f"the run trained no step ({no_steps_reason(trainer, dm)}): nothing to report")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
     best_path = ckpt_cb.best_model_path or None
@@ -194,8 +224,10 @@ def _run(cfg: DictConfig) -> dict:
     else:
         metrics["val/mAP_best"] = best.best
     metrics["train/clips_per_s"] = throughput.clips_per_s
+    diverged = divergence.verdict(metrics, trainer.current_epoch)
     result = {
-        **metrics, "status": "ok", "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        **metrics, "status": "diverged" if diverged else "ok", "diverged": diverged,
+        "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_ckpt": best_path, "last_ckpt": ckpt_cb.last_model_path or None,
         "seconds": round(time.time() - t0, 2),
     }

@@ -144,5 +144,5 @@ def test_bad_checkpoint_is_reported_as_a_user_error(tmp_path, monkeypatch):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CheckpointError, match=f"{bad}: not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match=f"{bad}: not a torch checkpoint"):
         run(compose_cfg("evaluate", ["ckpt=bad.ckpt", f"paths.output_dir={tmp_path}"]))
