@@ -1,0 +1,211 @@
+"""docs/errors.md: every bad input a user can give, run for real, with the exact message aer prints.
+
+The table is produced here and compared with the committed file, so it cannot drift from the code.
+After a change of wording, rewrite it with `AER_WRITE_ERRORS_DOC=1 python -m pytest tests/test_errors_doc.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from aer.data.convert import convert
+from aer.data.demo import generate
+from aer.data.records import Clip, serialize_clip
+from aer.data.tfrecord import frame
+from conftest import ROOT, train_overrides
+
+DOC = ROOT / "docs" / "errors.md"
+
+
+@dataclass
+class Case:
+    section: str
+    what: str
+    argv: list[str]
+    shown: str  # the command as the doc shows it
+    max_file_bytes: int | None = None  # a full disk, injected as a file-size limit on the child
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {Evil.marker}",))
+
+    marker = ""
+
+
+def _shards(root: Path) -> dict[str, Path]:
+    """Folders of one kind of bad shard each (two clips per shard, the second one bad)."""
+    def clip(vid: str, labels=(3,), n: int = 10) -> bytes:
+        rng = np.random.default_rng(len(vid))
+        return serialize_clip(Clip(vid, 0.0, float(n), np.array(labels), rng.integers(0, 256, (n, 128), np.uint8)))
+
+    kinds = {
+        "truncated": frame(clip("ok")) + frame(clip("cut"))[:300],
+        "corrupt": frame(clip("ok")) + bytes([*frame(clip("bad"))[:-1], 0]),
+        "label": frame(clip("ok")) + frame(clip("lab", labels=(3, 600))),
+        "empty": b"",
+        "duplicate": frame(clip("same")) + frame(clip("same")),
+    }
+    out = {}
+    for kind, data in kinds.items():
+        (root / kind).mkdir(parents=True)
+        (root / kind / "aa.tfrecord").write_bytes(data)
+        out[kind] = root / kind
+    return out
+
+
+def _cases(tmp: Path, demo: Path, ckpt: Path) -> list[Case]:
+    py, data = sys.executable, [sys.executable, "-m", "aer.data"]
+    shards = _shards(tmp / "shards")
+    foreign = tmp / "release"
+    generate(tmp / "made", clips=30, eval_clips=10, seed=1)
+    foreign.mkdir()
+    for split in ("bal_train", "eval"):  # the shards without the demo generator's marker
+        (tmp / "made" / split).rename(foreign / split)
+    ckpts = {"text": tmp / "notes.ckpt", "truncated": tmp / "cut.ckpt", "foreign": tmp / "other.ckpt",
+             "malicious": tmp / "evil.ckpt"}
+    ckpts["text"].write_text("not a checkpoint\n")
+    ckpts["truncated"].write_bytes(ckpt.read_bytes()[:5000])
+    torch.save({"weights": torch.zeros(3)}, ckpts["foreign"])
+    Evil.marker = str(tmp / "PWNED")
+    torch.save({"state_dict": Evil()}, ckpts["malicious"])
+    train = [py, str(ROOT / "train.py"), *train_overrides(demo, tmp / "runs", "trainer.max_epochs=1")]
+    evaluate = [py, str(ROOT / "evaluate.py"), f"hydra.run.dir={tmp / 'eval'}"]
+    cases = [Case("Data", f"a {k} shard", [*data, "convert", str(p), str(tmp / f"{k}.h5")],
+                  f"python -m aer.data convert SRC OUT.h5  (SRC: {k})") for k, p in shards.items()]
+    cases += [
+        Case("Data", "no such shard folder", [*data, "convert", str(tmp / "nowhere"), str(tmp / "o.h5")],
+             "python -m aer.data convert MISSING OUT.h5"),
+        Case("Data", "output inside the shard folder",
+             [*data, "convert", str(demo / "bal_train"), str(demo / "bal_train" / "x.tfrecord")],
+             "python -m aer.data convert SRC SRC/x.tfrecord"),
+        Case("Data", "a negative worker count", [*data, "convert", str(demo / "bal_train"), str(tmp / "w.h5"),
+                                                 "--workers", "-3"], "python -m aer.data convert SRC OUT --workers -3"),
+        Case("Data", "a full disk during conversion", [*data, "convert", str(demo / "bal_train"), str(tmp / "f.h5")],
+             "python -m aer.data convert SRC OUT.h5  (disk full)", 100_000),
+        Case("Data", "data=demo (the default) over a folder of real shards",
+             [py, str(ROOT / "train.py"), f"data.root={foreign}", f"paths.log_dir={tmp / 'runs'}"],
+             "python train.py data.root=RELEASE"),
+        Case("Data", "a damaged cache given to predict", [py, "-m", "aer.predict", f"ckpt={ckpt}",
+                                                         f"input={tmp / 'damaged.h5'}", f"out={tmp / 'pred'}"],
+             "python -m aer.predict ckpt=C input=DAMAGED.h5"),
+    ]
+    cases += [Case("Config", f"`{o}`", [*train, o], f"python train.py {o}") for o in (
+        "data.mode=weird", "data.normalize=zscore", "data.train_split=everything", "data.val_fraction=2",
+        "data.batch_size=0", "model=transformerx", "model.hidden=-3", "model.foo=1", "init=glorot", "optim.lr=-1",
+        "optim.scheduler=linear", "augment.mixup_alpha=-1", "augment.label_smoothing=2", "trainer.max_epochs=0",
+        "trainer.limit_train_batches=0", "seed=abc", "data.mode=[")]
+    cases += [
+        Case("Training", "a run that would train no step", [*train, "data.batch_size=5000", "data.drop_last=true"],
+             "python train.py data.batch_size=5000 data.drop_last=true"),
+        Case("Training", "a diverging run", [*train, "optim.lr=1e6", "trainer.max_epochs=2"],
+             "python train.py optim.lr=1e6"),
+        Case("Training", "resuming onto another split", [*train, "data.split_seed=7", f"ckpt_path={ckpt}"],
+             "python train.py data.split_seed=7 ckpt_path=C"),
+        Case("Training", "a full disk at the first checkpoint", [*train, f"hydra.run.dir={tmp / 'full'}"],
+             "python train.py ...  (disk full)", 1_000_000),
+    ]
+    for kind, path in {"missing": tmp / "nothing.ckpt", "directory": tmp, **ckpts}.items():
+        if kind in ("missing", "truncated", "malicious"):  # train.py and evaluate.py share the loader
+            cases.append(Case("Checkpoints", f"a {kind} checkpoint to train.py", [*train, f"ckpt_path={path}"],
+                              f"python train.py ckpt_path=C  (C: {kind})"))
+        cases.append(Case("Checkpoints", f"a {kind} checkpoint to evaluate.py", [*evaluate, f"ckpt={path}"],
+                          f"python evaluate.py ckpt=C  (C: {kind})"))
+    cases += [
+        Case("Checkpoints", "a malicious checkpoint to ensemble.py",
+             [py, str(ROOT / "ensemble.py"), f"ckpts=[{ckpt},{ckpts['malicious']}]", f"hydra.run.dir={tmp / 'ens'}"],
+             "python ensemble.py ckpts=[C,EVIL]"),
+        Case("Checkpoints", "a malicious checkpoint to predict",
+             [py, "-m", "aer.predict", f"ckpt={ckpts['malicious']}", f"input={demo / 'eval'}", f"out={tmp / 'p'}"],
+             "python -m aer.predict ckpt=EVIL input=DIR"),
+        Case("Evaluation", "an unknown split", [*evaluate, f"ckpt={ckpt}", "split=test"],
+             "python evaluate.py ckpt=C split=test"),
+        Case("Evaluation", "a full disk for the predictions", [*evaluate, f"ckpt={ckpt}", "split=val"],
+             "python evaluate.py ckpt=C split=val  (disk full)", 60_000),
+    ]
+    return cases
+
+
+def _run(case: Case) -> tuple[Case, subprocess.CompletedProcess]:
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (case.max_file_bytes,) * 2)
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    r = subprocess.run(case.argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+                       preexec_fn=limit if case.max_file_bytes else None)
+    return case, r
+
+
+pytestmark = pytest.mark.slow  # some fifty processes, each importing torch
+
+
+@pytest.fixture(scope="module")
+def results(demo_root, trained_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("errors")
+    _damaged_cache(demo_root / "eval", tmp / "damaged.h5")
+    with ThreadPoolExecutor(2) as pool:
+        out = list(pool.map(_run, _cases(tmp, demo_root, trained_run / "checkpoints" / "last.ckpt")))
+    return tmp, out
+
+
+def _damaged_cache(src: Path, path: Path) -> None:
+    convert(src, path, progress=False)
+    with h5py.File(path, "r") as f:
+        offset = f["features"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 64)
+        fh.write(b"\0" * 64)
+
+
+def _shown(text: str, tmp: Path, demo: Path) -> str:
+    text = text.replace(str(tmp), "<tmp>").replace(str(demo), "<demo>").replace(str(ROOT), ".")
+    return re.sub(r"pytest-of-\w+/pytest-\d+/\w+?\d*/", "", text)
+
+
+def test_every_bad_input_is_one_line_and_exit_1(results):
+    tmp, out = results
+    bad = [(case.what, r.returncode, r.stderr[-1500:]) for case, r in out
+           if r.returncode != 1 or "Traceback" in r.stderr or "Segmentation" in r.stderr
+           or not r.stderr.strip() or not r.stderr.strip().splitlines()[-1].startswith("error: ")]
+    assert not bad, bad
+    assert not (tmp / "PWNED").exists(), "a malicious checkpoint ran its payload"
+    for case, r in out:
+        if "malicious" in case.what:
+            last = r.stderr.strip().splitlines()[-1]
+            assert "posix.system" in last and "weights_only=False" not in last, last
+
+
+def test_docs_errors_md_is_what_aer_prints(results, demo_root):
+    tmp, out = results
+    lines = ["# Error messages", "",
+             "Each bad input, run for real by `tests/test_errors_doc.py`, with the one line aer prints "
+             "(exit status 1, no traceback). Paths are shortened: `<tmp>` is a scratch folder, `<demo>` a demo set.",
+             "Regenerate after a change of wording: "
+             "`AER_WRITE_ERRORS_DOC=1 python -m pytest tests/test_errors_doc.py`."]
+    section = None
+    for case, r in out:
+        if case.section != section:
+            section = case.section
+            lines += ["", f"## {section}", "", "| bad input | command | message |", "|---|---|---|"]
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "(nothing printed)"
+        msg = _shown(last, tmp, demo_root).replace("|", "\\|")
+        lines.append(f"| {case.what} | `{case.shown}` | `{msg}` |")
+    text = "\n".join(lines) + "\n"
+    if os.environ.get("AER_WRITE_ERRORS_DOC"):
+        DOC.write_text(text)
+    assert DOC.read_text() == text, "docs/errors.md is out of date: regenerate it (see this module's docstring)"
+
