@@ -55,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 MAP_TOL = 1e-3
 ARRAYS = ("features", "labels", "lengths", "video_id", "start_time", "end_time")
-PHASES = ("any", "convert", "ckpt")  # when a training victim is signalled
+PHASES = ("any", "convert", "ckpt")
+WORK_MARKER = ".aer-faults"  # when a training victim is signalled
 
 
 # ---- processes
@@ -98,13 +99,14 @@ class Group:
         return left
 
     def kill(self) -> int:
-        """SIGKILLs every member, one pid at a time; how many there were."""
+        """SIGKILLs every member, one pid at a time, and waits (boundedly) until they are gone; how many."""
         pids = self.members()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+        self.settle(10)
         return len(pids)
 
 
@@ -357,7 +359,12 @@ def setup(args: argparse.Namespace) -> Ctx:
     work = Path(args.workdir).expanduser().resolve()
     if work == SHARED.resolve() or SHARED.resolve() in work.parents:
         raise SystemExit(f"--workdir {work}: inside {SHARED}, which is read-only; pick a folder under /tmp")
+    # It deletes and rewrites what it finds in there: only in a folder it made (or an empty one).
+    if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARKER).exists():
+        raise SystemExit(f"--workdir {work}: not empty and not made by bench/faults.py (no {WORK_MARKER}); "
+                         f"pick a new folder")
     work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARKER).touch()
     ctx = Ctx(args, work, ensure_demo(work, args.clips), random.Random(args.seed))
     ctx.ref = load_split(reference(ctx, "convert") / "out.h5")
     if "train" in args.scenarios:
@@ -404,9 +411,10 @@ def summary(outs: list[Outcome]) -> None:
 def soak(ctx: Ctx, outs: list[Outcome]) -> None:
     a = ctx.args
     kinds = [f"{s}/{sig}" for s in a.scenarios for sig in a.signals]
-    (ctx.work / "logs").mkdir(exist_ok=True)
     soak_dir = ctx.work / "soak"
-    shutil.rmtree(soak_dir, ignore_errors=True)
+    for old in (soak_dir, ctx.work / "logs"):  # a previous soak's
+        shutil.rmtree(old, ignore_errors=True)
+    (ctx.work / "logs").mkdir()
     deadline = time.monotonic() + a.seconds
     while time.monotonic() < deadline and len(outs) < a.max_runs:
         kind = ctx.rng.choice(kinds)
