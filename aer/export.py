@@ -79,9 +79,9 @@ def metadata(ckpt: dict, source: str, names: list[tuple[str, str]], thresholds: 
         },
         "aer.output": {OUTPUT: {"dtype": "float32", "shape": ["batch", n],
                                 "meaning": "per-class probabilities (sigmoid)"}},
-        # null: never tagged (no threshold reached rule=precision's target on the dev split)
         "aer.thresholds": {"values": [float(t) if np.isfinite(t) else None for t in thresholds],
-                           "rule": "a clip is tagged with class c where probs[c] >= values[c]",
+                           "decide": "a clip is tagged with class c where probs[c] >= values[c]; null: never "
+                                     "(no threshold reached rule=precision's target on the dev split)",
                            "source": thr_source, **_stored_info(ckpt)},
         "aer.model": {"net": hp.get("net"), "net_kwargs": hp.get("net_kwargs") or {},
                       "input_norm": hp.get("input_norm", "unit"), "checkpoint": source,
@@ -121,12 +121,18 @@ def read_metadata(path: str | Path) -> dict:
     return {k: json.loads(raw[k]) for k in METADATA_KEYS}
 
 
-def load_runner(path: str | Path, fmt: str):
-    """A function (features uint8 (B, T, D), lengths int64 (B,)) -> probabilities, over the exported file."""
+def load_runner(path: str | Path, fmt: str, threads: int | None = None):
+    """A function (features uint8 (B, T, D), lengths int64 (B,)) -> probabilities, over the exported file.
+
+    `threads`: onnxruntime's intra-op threads (TorchScript runs on torch's, torch.set_num_threads).
+    """
     if fmt == "onnx":
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return lambda f, n: sess.run([OUTPUT], {INPUTS[0]: f, INPUTS[1]: n})[0]
     import torch
 

@@ -104,8 +104,10 @@ def choose_thresholds(scores: torch.Tensor, labels: torch.Tensor, rule: str = "f
     rule=f1: the threshold of the best F1 (the highest such threshold where several tie).
     rule=precision: the lowest threshold whose precision is >= target (the most recall at that
     precision); +inf (never tagged) where no threshold reaches it. Classes without positives get
-    `fallback`. Thresholds are scores of the clips themselves, so the chosen F1 or precision is
-    exactly what these clips give. Returns (thresholds float32 (C,), True where a rule chose it).
+    `fallback`. A threshold lies midway between the lowest score the rule tags and the next lower
+    score, so these clips give exactly the chosen F1 or precision, and probabilities off by float
+    noise (another runtime's, ~1e-6) do not flip their decisions as they would at a clip's own
+    score. Returns (thresholds float32 (C,), True where a rule chose the threshold).
     """
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"rule={rule!r}: expected one of {', '.join(THRESHOLD_RULES)}")
@@ -126,7 +128,10 @@ def _choose_thresholds(scores, labels, rule, target, fallback):
     else:
         ok = last & (tps >= target * rank)
         pick = torch.where(ok, rank, 0.0).argmax(1)  # the last boundary that reaches the target
-    thr = s.gather(1, pick[:, None])[:, 0]
+    lowest = s.gather(1, pick[:, None])[:, 0]
+    below = torch.cat([s, torch.zeros_like(s[:, :1])], 1).gather(1, pick[:, None] + 1)[:, 0]  # 0 past the last
+    thr = ((lowest.double() + below.double()) / 2).float()
+    thr = torch.where(thr > below, thr, lowest)  # adjacent float32 scores: the midpoint rounds onto one of them
     chosen = (pos > 0) & ok.any(1)
     never = torch.full_like(thr, float("inf"))
     thr = torch.where(chosen, thr, torch.where(pos > 0, never, torch.full_like(thr, fallback)))

@@ -24,8 +24,9 @@ from aer.metrics import choose_thresholds, decision_scores
 from aer.thresholds import run
 from conftest import compose_cfg
 
-# columns: classes; each row a clip. Class 0's best F1 (6/7) is at 0.6, class 1's (4/5) at 0.4 across a tie,
-# class 2 has no positives, class 3's F1 is 2/3 at both 0.9 and 0.5: the higher threshold is kept.
+# columns: classes; each row a clip. Class 0's best F1 (6/7) tags the clips down to 0.6 (the next lower
+# score: 0.3, so the threshold is 0.45), class 1's (4/5) down to 0.4 across a tie (next 0.1: 0.25), class 2
+# has no positives, class 3's F1 is 2/3 down to 0.9 and down to 0.5: the higher is kept (next 0.8: 0.85).
 SCORES = np.array([
     [0.9, 0.5, 0.9, 0.9],
     [0.8, 0.5, 0.8, 0.8],
@@ -51,7 +52,7 @@ def _choose(rule="f1", target=0.5, fallback=0.5):
 
 def test_best_f1_thresholds_are_the_known_ones():
     thr, chosen = _choose(fallback=0.25)
-    np.testing.assert_array_equal(thr, np.float32([0.6, 0.4, 0.25, 0.9]))
+    np.testing.assert_allclose(thr, [0.45, 0.25, 0.25, 0.85], rtol=1e-6)
     assert chosen.tolist() == [True, True, False, True]
     for c in (0, 1, 3):  # and they give the F1 claimed, as scikit-learn counts it
         assert f1_score(LABELS[:, c], SCORES[:, c] >= thr[c]) == pytest.approx([6 / 7, 4 / 5, None, 2 / 3][c])
@@ -59,12 +60,12 @@ def test_best_f1_thresholds_are_the_known_ones():
 
 def test_target_precision_takes_the_lowest_threshold_that_reaches_it():
     thr, chosen = _choose("precision", target=0.75)
-    # class 0: precision 1, 1, 2/3, 3/4 at 0.9..0.6, then 3/5: 0.6 is the lowest at >= 0.75
-    # class 1: 1/2 at 0.5 (a tie of a positive and a negative), 2/3 at 0.4, then lower: never reached
-    assert thr[0] == np.float32(0.6) and np.isinf(thr[1]) and thr[2] == 0.5 and thr[3] == np.float32(0.9)
-    assert chosen.tolist() == [True, False, False, True]
+    # class 0: precision 1, 1, 2/3, 3/4 down to 0.9..0.6, then 3/5: down to 0.6 (next 0.3) is the most recall
+    # class 1: 1/2 down to 0.5 (a tie of a positive and a negative), 2/3 down to 0.4, then lower: never reached
+    np.testing.assert_allclose(thr[[0, 2, 3]], [0.45, 0.5, 0.85], rtol=1e-6)
+    assert np.isinf(thr[1]) and chosen.tolist() == [True, False, False, True]
     thr, _ = _choose("precision", target=1.0)
-    assert thr[0] == np.float32(0.8)
+    assert thr[0] == pytest.approx(0.75)
 
 
 def test_best_f1_matches_scikit_learn_on_random_scores():
@@ -77,6 +78,14 @@ def test_best_f1_matches_scikit_learn_on_random_scores():
         p, r, _ = precision_recall_curve(labels[:, c], scores[:, c])
         best = np.max(2 * p * r / np.maximum(p + r, 1e-300))
         assert f1_score(labels[:, c], scores[:, c] >= thr[c].item()) == pytest.approx(best, abs=1e-12), c
+
+
+def test_thresholds_between_adjacent_floats_keep_the_decisions():
+    a = np.float32(0.3)
+    b = np.nextafter(a, np.float32(0))  # no float32 between them
+    scores = np.array([[a], [b], [0.1]], dtype=np.float32)
+    thr, _ = choose_thresholds(torch.from_numpy(scores), torch.tensor([[True], [False], [False]]))
+    assert thr.item() == a and (scores[:, 0] >= thr.item()).tolist() == [True, False, False]
 
 
 def test_bad_rule_and_target():
