@@ -124,7 +124,55 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt["hyper_parameters"] = _plain(hp)
     if ckpt.get("datamodule_hyper_parameters") is not None:
         ckpt["datamodule_hyper_parameters"] = _plain(ckpt["datamodule_hyper_parameters"])
+    if THRESHOLDS_KEY in ckpt:
+        stored_thresholds(ckpt, str(p))  # a damaged entry is reported on load, not at the first decision
     return ckpt
+
+
+# ---- decision thresholds (written by `python -m aer.thresholds`)
+THRESHOLDS_KEY = "aer_thresholds"
+DEFAULT_THRESHOLD = 0.5
+
+
+def stored_thresholds(ckpt: dict, source: str = "checkpoint") -> tuple[np.ndarray, dict] | None:
+    """(thresholds float32 (C,), how they were chosen) stored in a checkpoint, or None if it holds none."""
+    entry = ckpt.get(THRESHOLDS_KEY)
+    if entry is None:
+        return None
+    num_classes = int(ckpt["hyper_parameters"].get("num_classes", 527))
+    values = entry.get("values") if isinstance(entry, Mapping) else None
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (num_classes,) or torch.isnan(values).any():
+        raise CheckpointError(f"{source}: its {THRESHOLDS_KEY!r} entry is not {num_classes} thresholds "
+                              f"(rerun `python -m aer.thresholds ckpt={source}`)")
+    return values.float().numpy(), {k: v for k, v in entry.items() if k != "values"}
+
+
+def decision_thresholds(ckpt: dict, threshold: float | None, source: str = "checkpoint") -> tuple[np.ndarray, str]:
+    """The per-class thresholds to decide with, and a line saying where they come from.
+
+    `threshold` (a number) applies to every class; None takes the checkpoint's own, else 0.5.
+    """
+    num_classes = int(ckpt["hyper_parameters"].get("num_classes", 527))
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold={threshold!r}: expected a probability in [0, 1], or null for the "
+                             f"checkpoint's per-class thresholds")
+        return np.full(num_classes, threshold, np.float32), f"{threshold} for every class (threshold=)"
+    stored = stored_thresholds(ckpt, source)
+    if stored is None:
+        log.warning("%s holds no thresholds: deciding at %s for every class (choose them on the dev split with "
+                    "`python -m aer.thresholds ckpt=%s`)", source, DEFAULT_THRESHOLD, source)
+        return np.full(num_classes, DEFAULT_THRESHOLD, np.float32), f"{DEFAULT_THRESHOLD} for every class (none stored)"
+    values, info = stored
+    target = f", target={info['target']}" if info.get("rule") == "precision" else ""
+    return values, f"per class, rule={info.get('rule')}{target}, chosen on split={info.get('split')}"
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Writes a checkpoint dict as training does: beside the target, then renamed over it."""
+    from aer.ckpt_io import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint(ckpt, path)
 
 
 def tagger_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> Tagger:

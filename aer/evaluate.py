@@ -1,8 +1,11 @@
 """Scoring one checkpoint: mAP, mAUC, d′ on the eval split (or the dev 20%), per class, with predictions.
 
 Writes into the run dir:
-  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored (+ what was scored)
-  per_class.csv   index, mid, name, positives, AP, AUC (AP/AUC empty for classes without positives)
+  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored, and micro and macro
+                  test/{micro,macro}_{f1,precision,recall} of the decisions at the checkpoint's
+                  thresholds (`python -m aer.thresholds`; 0.5 where it holds none) (+ what was scored)
+  per_class.csv   index, mid, name, positives, AP, AUC (empty for classes without positives),
+                  threshold, predicted, precision, recall, F1
   predictions.h5  probs float32 (N, C), labels bool (N, C), video_id (N,)
 "test/" names the scored split whichever it is (`split` says which), as `trainer.test` does.
 
@@ -78,35 +81,52 @@ def _num(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.10g}"
 
 
-def write_per_class(path: Path, summary: dict, class_names: list[tuple[str, str]]) -> None:
+PER_CLASS_COLUMNS = ("index", "mid", "name", "positives", "AP", "AUC", "threshold", "predicted", "precision",
+                     "recall", "F1")
+
+
+def write_per_class(path: Path, summary: dict, decisions: dict, thresholds: np.ndarray,
+                    class_names: list[tuple[str, str]]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["index", "mid", "name", "positives", "AP", "AUC"])
+    w.writerow(PER_CLASS_COLUMNS)
     ap, auc, pos = summary["ap"].tolist(), summary["auc"].tolist(), summary["positives"].tolist()
+    cols = [decisions[k].tolist() for k in ("predicted", "precision", "recall", "f1")]
     for i, (mid, name) in enumerate(class_names):
-        w.writerow([i, mid, name, pos[i], _num(ap[i]), _num(auc[i])])
+        decided = [_num(c[i]) if pos[i] else "" for c in cols[1:]]
+        w.writerow([i, mid, name, pos[i], _num(ap[i]), _num(auc[i]), f"{thresholds[i]:.9g}", cols[0][i], *decided])
     atomic_write_text(path, buf.getvalue())
 
 
+DECISION_KEYS = ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "macro_precision", "macro_recall")
+
+
 def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, video_ids,
-                 class_names: list[tuple[str, str]], info: Mapping) -> tuple[dict, dict]:
+                 class_names: list[tuple[str, str]], info: Mapping,
+                 thresholds: tuple[np.ndarray, str] | None = None) -> tuple[dict, dict]:
     """Scores `probs` and writes the three outputs (metrics.json last: it marks the run complete).
 
-    Returns (what metrics.json holds, the full `aer.metrics.summarize` result).
+    `thresholds`: (per-class thresholds, where they come from) for the F1/precision/recall of the
+    decisions; None decides at 0.5. Returns (what metrics.json holds, the full `summarize` result).
     """
     import torch
 
-    from aer.metrics import summarize
+    from aer.checkpoint import DEFAULT_THRESHOLD
+    from aer.metrics import decision_scores, summarize
 
     out = Path(out_dir)
     if len(class_names) != probs.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {probs.shape[1]} classes")
     summary = summarize(torch.from_numpy(probs), torch.from_numpy(labels))
+    thr, thr_source = thresholds or (np.full(probs.shape[1], DEFAULT_THRESHOLD, np.float32),
+                                     f"{DEFAULT_THRESHOLD} for every class")
+    decisions = decision_scores(probs, labels, thr)
     write_predictions(out / "predictions.h5", probs, labels, video_ids,
                       {"split": info.get("split", ""), "source": info.get("ckpt", info.get("members", ""))})
-    write_per_class(out / "per_class.csv", summary, class_names)
+    write_per_class(out / "per_class.csv", summary, decisions, thr, class_names)
     metrics = {"status": "ok", **{f"test/{k}": summary[k] for k in
                                   ("mAP", "mAUC", "dprime", "classes_scored", "classes_unscored")},
+               **{f"test/{k}": decisions[k] for k in DECISION_KEYS}, "thresholds": thr_source,
                "clips": int(len(probs)), **info}
     write_json(out / "metrics.json", metrics)
     return metrics, summary
@@ -117,7 +137,11 @@ def format_scores(metrics: Mapping, num_classes: int) -> str:
             f"mAUC {metrics['test/mAUC']:.4f}\n"
             f"d'   {metrics['test/dprime']:.4f}\n"
             f"classes scored: {metrics['test/classes_scored']} of {num_classes} "
-            f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)")
+            f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)\n"
+            f"at thresholds {metrics['thresholds']}:\n"
+            + "\n".join(f"  {avg:5} F1 {metrics[f'test/{avg}_f1']:.4f}  precision "
+                        f"{metrics[f'test/{avg}_precision']:.4f}  recall {metrics[f'test/{avg}_recall']:.4f}"
+                        for avg in ("micro", "macro")))
 
 
 def run(cfg: DictConfig) -> dict:
@@ -128,18 +152,26 @@ def run(cfg: DictConfig) -> dict:
     ckpt_path = Path(to_absolute_path(str(cfg.ckpt))).resolve()
     overrides = data_overrides(cfg)
 
-    from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, predict_split, tagger_from_checkpoint
+    from aer.checkpoint import (
+        datamodule_from_checkpoint,
+        decision_thresholds,
+        load_checkpoint,
+        predict_split,
+        tagger_from_checkpoint,
+    )
     from aer.data.datamodule import read_class_labels
 
     ckpt = load_checkpoint(ckpt_path)
     model = tagger_from_checkpoint(ckpt, str(ckpt_path))
     dm = datamodule_from_checkpoint(ckpt, overrides, split, source=str(ckpt_path))
+    thresholds = decision_thresholds(ckpt, cfg.get("threshold"), str(ckpt_path))
     del ckpt  # the weights now live in the model
     probs, labels, video_ids = predict_split(model, dm)
     out_dir = Path(cfg.paths.output_dir)
     info = {"split": split, "ckpt": str(ckpt_path), "net": model.hparams.net, "data_root": str(dm.root),
             "seconds": round(time.time() - t0, 2)}
-    metrics, _ = write_report(out_dir, probs, labels, video_ids, read_class_labels(dm.root, dm.num_classes), info)
+    metrics, _ = write_report(out_dir, probs, labels, video_ids, read_class_labels(dm.root, dm.num_classes), info,
+                              thresholds)
     print(f"{ckpt_path} on split={split} ({len(probs)} clips from {dm.root})\n"
           f"{format_scores(metrics, probs.shape[1])}\nwrote {out_dir}/metrics.json, per_class.csv, predictions.h5",
           flush=True)

@@ -1,4 +1,4 @@
-"""mAP, mAUC and d′ for multi-label tagging, in one place for training, evaluate and ensemble.
+"""mAP, mAUC, d′ and decisions (per-class thresholds, F1) for multi-label tagging, in one place.
 
 The per-class curves are computed for all classes at once from one column-wise sort, which
 scores 20,000 clips × 527 classes in well under a second; torchmetrics' functional AP/AUROC
@@ -16,7 +16,7 @@ from torchmetrics import Metric
 
 
 def _curves(scores: torch.Tensor, labels: torch.Tensor):
-    """Cumulative TP/FP per class (rows) at each rank, and the mask of threshold boundaries."""
+    """Sorted scores and cumulative TP/FP per class (rows) at each rank, and the mask of threshold boundaries."""
     # (C, N) rows: sorting along the contiguous axis is several times faster than down columns.
     s, order = torch.sort(scores.t().contiguous(), dim=1, descending=True)
     y = torch.gather(labels.t().contiguous(), 1, order).double()
@@ -31,7 +31,7 @@ def _curves(scores: torch.Tensor, labels: torch.Tensor):
         shifted = torch.cat([torch.zeros_like(at[:, :1]), at[:, :-1]], 1)
         return torch.cummax(shifted, 1).values
 
-    return tps, fps, rank, last, previous
+    return s, tps, fps, rank, last, previous
 
 
 # Score elements (clips x classes) per block of classes: the curves take ~30 bytes per element,
@@ -44,15 +44,20 @@ def per_class_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     """(AP, AUC) per class; NaN where a class has no positives (AUC also where it has no negatives)."""
     if scores.shape != labels.shape or scores.ndim != 2:
         raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must be equal (N, C)")
+    return _by_class_blocks(_per_class_scores, scores, labels)
+
+
+def _by_class_blocks(fn, scores: torch.Tensor, labels: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+    """`fn(scores, labels, *args)` -> per-class tensors, over blocks of classes of bounded memory."""
     step = max(1, _BLOCK_ELEMENTS // max(1, scores.shape[0]))
     if step >= scores.shape[1]:
-        return _per_class_scores(scores, labels)
-    parts = [_per_class_scores(scores[:, i:i + step], labels[:, i:i + step]) for i in range(0, scores.shape[1], step)]
-    return torch.cat([ap for ap, _ in parts]), torch.cat([auc for _, auc in parts])
+        return fn(scores, labels, *args)
+    parts = [fn(scores[:, i:i + step], labels[:, i:i + step], *args) for i in range(0, scores.shape[1], step)]
+    return tuple(torch.cat(p) for p in zip(*parts))
 
 
 def _per_class_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    tps, fps, rank, last, previous = _curves(scores, labels)
+    _, tps, fps, rank, last, previous = _curves(scores, labels)
     pos, neg = tps[:, -1], fps[:, -1]
     tp_prev, fp_prev = previous(tps), previous(fps)
     lastd = last.double()
@@ -86,6 +91,82 @@ def summarize(scores: torch.Tensor, labels: torch.Tensor) -> dict:
         "ap": ap,
         "auc": auc,
         "positives": labels.sum(0).long(),
+    }
+
+
+THRESHOLD_RULES = ("f1", "precision")
+
+
+def choose_thresholds(scores: torch.Tensor, labels: torch.Tensor, rule: str = "f1", target: float = 0.5,
+                      fallback: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class decision thresholds (a clip is tagged where its score >= the class's threshold).
+
+    rule=f1: the threshold of the best F1 (the highest such threshold where several tie).
+    rule=precision: the lowest threshold whose precision is >= target (the most recall at that
+    precision); +inf (never tagged) where no threshold reaches it. Classes without positives get
+    `fallback`. A threshold lies midway between the lowest score the rule tags and the next lower
+    score, so these clips give exactly the chosen F1 or precision, and probabilities off by float
+    noise (another runtime's, ~1e-6) do not flip their decisions as they would at a clip's own
+    score. Returns (thresholds float32 (C,), True where a rule chose the threshold).
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"rule={rule!r}: expected one of {', '.join(THRESHOLD_RULES)}")
+    if rule == "precision" and not 0.0 < target <= 1.0:
+        raise ValueError(f"target={target!r}: expected a precision in (0, 1]")
+    if scores.shape != labels.shape or scores.ndim != 2:
+        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must be equal (N, C)")
+    thr, chosen = _by_class_blocks(_choose_thresholds, scores.float(), labels, rule, target, fallback)
+    return thr, chosen
+
+
+def _choose_thresholds(scores, labels, rule, target, fallback):
+    s, tps, _, rank, last, _ = _curves(scores, labels)
+    pos = tps[:, -1]
+    if rule == "f1":  # F1 = 2TP / (predicted + positives); argmax takes the first, highest-threshold, maximum
+        ok = last
+        pick = torch.where(last, 2 * tps / (rank + pos[:, None]), -1.0).argmax(1)
+    else:
+        ok = last & (tps >= target * rank)
+        pick = torch.where(ok, rank, 0.0).argmax(1)  # the last boundary that reaches the target
+    lowest = s.gather(1, pick[:, None])[:, 0]
+    below = torch.cat([s, torch.zeros_like(s[:, :1])], 1).gather(1, pick[:, None] + 1)[:, 0]  # 0 past the last
+    thr = ((lowest.double() + below.double()) / 2).float()
+    thr = torch.where(thr > below, thr, lowest)  # adjacent float32 scores: the midpoint rounds onto one of them
+    chosen = (pos > 0) & ok.any(1)
+    never = torch.full_like(thr, float("inf"))
+    thr = torch.where(chosen, thr, torch.where(pos > 0, never, torch.full_like(thr, fallback)))
+    return thr.float(), chosen
+
+
+def decision_scores(probs, labels, thresholds) -> dict:
+    """Micro and macro precision, recall and F1 of the decisions `probs >= thresholds` (numpy arrays).
+
+    Macro means are over the classes with positives in `labels`, as mAP's are; a class that is
+    never predicted has precision 0 (scikit-learn's zero_division=0). Per-class values are returned too.
+    """
+    import numpy as np
+
+    probs, labels = np.asarray(probs), np.asarray(labels, dtype=bool)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (probs.shape[1],):
+        raise ValueError(f"{thresholds.shape[0] if thresholds.ndim else 1} thresholds for {probs.shape[1]} classes")
+    pred = probs >= thresholds[None, :]
+    tp = (pred & labels).sum(0).astype(np.float64)
+    fp = pred.sum(0) - tp
+    fn = labels.sum(0) - tp
+
+    def ratio(num, den):
+        return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+
+    precision, recall, f1 = ratio(tp, tp + fp), ratio(tp, tp + fn), ratio(2 * tp, 2 * tp + fp + fn)
+    scored = (tp + fn) > 0
+    TP, FP, FN = tp.sum(), fp.sum(), fn.sum()
+    macro = (lambda v: float(v[scored].mean()) if scored.any() else float("nan"))  # noqa: E731
+    return {
+        "micro_precision": float(ratio(TP, TP + FP)), "micro_recall": float(ratio(TP, TP + FN)),
+        "micro_f1": float(ratio(2 * TP, 2 * TP + FP + FN)),
+        "macro_precision": macro(precision), "macro_recall": macro(recall), "macro_f1": macro(f1),
+        "precision": precision, "recall": recall, "f1": f1, "predicted": pred.sum(0),
     }
 
 

@@ -1,9 +1,12 @@
 """`python -m aer.predict ckpt=PATH input=DIR_OF_SHARDS_OR_FILE.h5 top_k=5`: each clip's likeliest classes.
 
-Writes `predictions.csv` (one row per clip and rank: video_id, rank, index, mid, name, prob) and
-`predictions.json` (one entry per clip: video_id, start_time, end_time, top: [{index, mid, name,
-prob}]) into `out=` (default: this command's Hydra run dir). Clips come in input order: shards
-sorted by name, as `python -m aer.data convert` stores them.
+Writes `predictions.csv` (one row per clip and rank: video_id, rank, index, mid, name, prob),
+`labels.csv` (one row per clip and class tagged, i.e. prob >= the class's threshold: video_id,
+index, mid, name, prob, threshold) and `predictions.json` (one entry per clip: video_id,
+start_time, end_time, top: [{index, mid, name, prob}], labels: the same for the tagged classes,
+most probable first) into `out=` (default: this command's Hydra run dir). Thresholds are the
+checkpoint's (`python -m aer.thresholds`), else 0.5, or `threshold=` for every class. Clips come
+in input order: shards sorted by name, as `python -m aer.data convert` stores them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ H5_SUFFIXES = (".h5", ".hdf5")
 LABELS_FILE = "class_labels_indices.csv"
 LABEL_COLUMNS = ("index", "mid", "display_name")
 CSV_COLUMNS = ("video_id", "rank", "index", "mid", "name", "prob")
+LABELS_COLUMNS = ("video_id", "index", "mid", "name", "prob", "threshold")
 INPUT_KINDS = "a folder of .tfrecord shards, a .tfrecord file, or an .h5 from `python -m aer.data convert`"
 
 
@@ -158,35 +162,52 @@ def iter_proba(model: Tagger, features: np.ndarray, lengths: np.ndarray,
             yield i, model.predict_proba(x, n).float().cpu()
 
 
+def _tagged(probs: np.ndarray, thresholds: np.ndarray) -> list[list[int]]:
+    """Per clip, the classes at or above their threshold, most probable first."""
+    rows, cols = np.nonzero(probs >= thresholds[None, :])
+    order = np.lexsort((-probs[rows, cols], rows))
+    return [c.tolist() for c in np.split(cols[order], np.searchsorted(rows[order], np.arange(1, len(probs))))]
+
+
 def write_predictions(model: Tagger, clips: dict[str, np.ndarray], names: list[tuple[str, str]], top_k: int,
-                      out_dir: Path, batch_size: int = 4096) -> tuple[Path, Path]:
-    """Streams each batch's top-k into predictions.csv and predictions.json; their paths."""
+                      out_dir: Path, thresholds: np.ndarray, batch_size: int = 4096) -> tuple[Path, Path, Path]:
+    """Streams each batch's top-k and tagged classes into predictions.csv, labels.csv and predictions.json."""
     import torch
 
-    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
+    paths = out_dir / "predictions.csv", out_dir / "labels.csv", out_dir / "predictions.json"
     ids, starts, ends = clips["video_id"], clips["start_time"], clips["end_time"]
-    with atomic_open(csv_path, encoding="utf-8", newline="") as fc, \
-            atomic_open(json_path, encoding="utf-8", newline="") as fj:
-        w = csv.writer(fc)
+    thr_txt = [str(t) for t in thresholds]
+
+    def item(i: int, p: str) -> dict:
+        return {"index": i, "mid": names[i][0], "name": names[i][1], "prob": float(p)}
+
+    with atomic_open(paths[0], encoding="utf-8", newline="") as fc, \
+            atomic_open(paths[1], encoding="utf-8", newline="") as fl, \
+            atomic_open(paths[2], encoding="utf-8", newline="") as fj:
+        w, wl = csv.writer(fc), csv.writer(fl)
         w.writerow(CSV_COLUMNS)
+        wl.writerow(LABELS_COLUMNS)
         fj.write("[")
         for first, probs in iter_proba(model, clips["features"], clips["lengths"], batch_size):
             top_p, top_i = torch.topk(probs, top_k, dim=1)  # sorted, most probable first
+            probs = probs.numpy()
+            tagged = _tagged(probs, thresholds)
             for row, (ps, idx) in enumerate(zip(top_p.numpy(), top_i.numpy().tolist())):
                 clip = first + row
                 vid = str(ids[clip])
                 # str(float32): the shortest text that reads back as the same float32
-                probs_txt = [str(p) for p in ps]
-                top = []
-                for rank, (i, p) in enumerate(zip(idx, probs_txt), start=1):
-                    mid, name = names[i]
-                    w.writerow((vid, rank, i, mid, name, p))
-                    top.append({"index": i, "mid": mid, "name": name, "prob": float(p)})
+                top = [item(i, str(p)) for i, p in zip(idx, ps)]
+                for rank, t in enumerate(top, start=1):
+                    w.writerow((vid, rank, t["index"], t["mid"], t["name"], str(ps[rank - 1])))
+                labels = [item(i, str(probs[row, i])) for i in tagged[row]]
+                for t in labels:
+                    i = t["index"]
+                    wl.writerow((vid, i, t["mid"], t["name"], str(probs[row, i]), thr_txt[i]))
                 entry = {"video_id": vid, "start_time": float(starts[clip]), "end_time": float(ends[clip]),
-                         "top": top}
+                         "top": top, "labels": labels}
                 fj.write(("\n" if clip == 0 else ",\n") + json.dumps(entry, ensure_ascii=False))
         fj.write("\n]\n")
-    return csv_path, json_path
+    return paths
 
 
 def _check(cfg: DictConfig) -> None:
@@ -216,10 +237,11 @@ def run(cfg: DictConfig) -> dict:
     """Predicts the top_k classes of every clip in `input` with the model in `ckpt`; what it wrote."""
     t0 = time.time()
     _check(cfg)
-    from aer.checkpoint import load_checkpoint, tagger_from_checkpoint
+    from aer.checkpoint import decision_thresholds, load_checkpoint, tagger_from_checkpoint
 
     ckpt = load_checkpoint(cfg.ckpt)
     model = tagger_from_checkpoint(ckpt, str(cfg.ckpt))
+    thresholds, thr_source = decision_thresholds(ckpt, cfg.get("threshold"), str(cfg.ckpt))
     hp = model.hparams
     if cfg.top_k > hp.num_classes:
         raise ValueError(f"top_k={cfg.top_k}: the model has only {hp.num_classes} classes")
@@ -231,10 +253,13 @@ def run(cfg: DictConfig) -> dict:
     data_root = (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
     names, labels_path = class_names(cfg.get("labels"), data_root, cfg.input, hp.num_classes)
     out_dir = Path(cfg.out).expanduser()
-    csv_path, json_path = write_predictions(model, clips, names, cfg.top_k, out_dir, cfg.batch_size)
+    csv_path, labels_csv, json_path = write_predictions(model, clips, names, cfg.top_k, out_dir, thresholds,
+                                                        cfg.batch_size)
     n = len(clips["lengths"])
-    log.info("top %d classes of %d clips: %s, %s", cfg.top_k, n, csv_path, json_path)
+    log.info("top %d classes of %d clips and the classes tagged at thresholds %s: %s, %s, %s", cfg.top_k, n,
+             thr_source, csv_path, labels_csv, json_path)
     return {"status": "ok", "clips": n, "top_k": cfg.top_k, "csv": str(csv_path), "json": str(json_path),
+            "labels_csv": str(labels_csv), "thresholds": thr_source,
             "labels": str(labels_path) if labels_path else None, "ckpt": str(cfg.ckpt), "input": str(cfg.input),
             "seconds": round(time.time() - t0, 2)}
 

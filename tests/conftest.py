@@ -62,3 +62,15 @@ def trained_run(demo_root, tmp_path_factory) -> Path:
         cfg.callbacks.lr_monitor = None
     run(cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def thresholded_ckpt(trained_run, tmp_path_factory) -> Path:
+    """A copy of trained_run's best.ckpt with per-class thresholds chosen on its dev split (best F1)."""
+    from aer.thresholds import run
+
+    out = tmp_path_factory.mktemp("thresholded")
+    ckpt = out / "best.ckpt"
+    run(compose_cfg("thresholds", [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"out={ckpt}",
+                                   f"paths.output_dir={out}"]))
+    return ckpt

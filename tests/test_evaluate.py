@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aer.data.datamodule import read_class_labels
-from aer.evaluate import run
+from aer.evaluate import PER_CLASS_COLUMNS, run
 from conftest import compose_cfg, run_script
 
 
@@ -75,7 +75,7 @@ def test_predictions_h5_layout(evaluated, demo_root):
 def test_per_class_csv(evaluated, demo_root):
     with open(evaluated / "per_class.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["index", "mid", "name", "positives", "AP", "AUC"]
+    assert tuple(rows[0]) == PER_CLASS_COLUMNS
     names = read_class_labels(demo_root)
     assert [(r["mid"], r["name"]) for r in rows] == names and [int(r["index"]) for r in rows] == list(range(527))
     with h5py.File(evaluated / "predictions.h5") as f:
@@ -146,3 +146,43 @@ def test_bad_checkpoint_is_reported_as_a_user_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match=f"{bad}: not a torch checkpoint"):
         run(compose_cfg("evaluate", ["ckpt=bad.ckpt", f"paths.output_dir={tmp_path}"]))
+
+
+def _decisions_match_scikit_learn(m: dict, probs: np.ndarray, labels: np.ndarray, thr: np.ndarray) -> None:
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    pred, scored = probs >= thr, labels.any(0)
+    for name, fn in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score)):
+        assert m[f"test/micro_{name}"] == pytest.approx(fn(labels, pred, average="micro", zero_division=0), abs=1e-9)
+        assert m[f"test/macro_{name}"] == pytest.approx(
+            fn(labels[:, scored], pred[:, scored], average="macro", zero_division=0), abs=1e-9)
+
+
+def test_f1_precision_recall_at_0_5_without_stored_thresholds(evaluated):
+    with h5py.File(evaluated / "predictions.h5") as f:
+        probs, labels = f["probs"][()], f["labels"][()]
+    m = _metrics(evaluated)
+    assert m["thresholds"] == "0.5 for every class (none stored)"
+    _decisions_match_scikit_learn(m, probs, labels, np.full(527, 0.5, np.float32))
+    out = (evaluated / "stdout.txt").read_text()
+    assert f"micro F1 {m['test/micro_f1']:.4f}  precision {m['test/micro_precision']:.4f}" in out
+    assert f"macro F1 {m['test/macro_f1']:.4f}" in out
+
+
+def test_f1_at_the_checkpoints_thresholds(thresholded_ckpt, tmp_path):
+    from aer.checkpoint import load_checkpoint, stored_thresholds
+
+    m = run(compose_cfg("evaluate", [f"ckpt={thresholded_ckpt}", f"paths.output_dir={tmp_path}"]))
+    assert m["split"] == "eval" and "rule=f1, chosen on split=val" in m["thresholds"]
+    thr = stored_thresholds(load_checkpoint(thresholded_ckpt))[0]
+    with h5py.File(tmp_path / "predictions.h5") as f:
+        probs, labels = f["probs"][()], f["labels"][()]
+    _decisions_match_scikit_learn(m, probs, labels, thr)
+    with open(tmp_path / "per_class.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        i = int(r["index"])
+        assert np.float32(r["threshold"]) == thr[i] and int(r["predicted"]) == (probs[:, i] >= thr[i]).sum()
+        if labels[:, i].any():
+            assert float(r["F1"]) == pytest.approx(
+                2 * (labels[:, i] & (probs[:, i] >= thr[i])).sum() / (labels[:, i].sum() + int(r["predicted"])))

@@ -16,7 +16,7 @@ import torch
 
 from aer.checkpoint import load_tagger
 from aer.data.convert import convert
-from aer.predict import CSV_COLUMNS, load_input, run
+from aer.predict import CSV_COLUMNS, LABELS_COLUMNS, load_input, run
 from conftest import ROOT, compose_cfg
 
 
@@ -146,3 +146,46 @@ def test_cli_writes_into_a_hydra_run_dir_and_fails_clearly(ckpt, demo_root, tmp_
     assert proc.returncode == 1
     assert f"error: ckpt={missing}: no such checkpoint file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _labels_csv(out: Path) -> list[dict]:
+    with open(out / "labels.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == LABELS_COLUMNS
+        return list(reader)
+
+
+def test_labels_above_the_checkpoints_thresholds(thresholded_ckpt, demo_root, tmp_path):
+    from aer.checkpoint import load_checkpoint, stored_thresholds
+
+    result = run(compose_cfg("predict", [f"ckpt={thresholded_ckpt}", f"input={demo_root / 'eval'}",
+                                         f"out={tmp_path}", "top_k=3", "batch_size=64"]))
+    assert "rule=f1, chosen on split=val" in result["thresholds"]
+    thr = stored_thresholds(load_checkpoint(thresholded_ckpt))[0]
+    probs, clips = _model_probs(thresholded_ckpt, demo_root / "eval")
+    entries = json.loads((tmp_path / "predictions.json").read_text())
+    rows = _labels_csv(tmp_path)
+    want = probs >= thr  # (to float32 rounding of batches of other sizes: no clip sits that close to a threshold)
+    assert want.any() and not want.all()
+    assert {(r["video_id"], int(r["index"])) for r in rows} == {
+        (clips["video_id"][c], i) for c, i in zip(*np.nonzero(want))}
+    for c, entry in enumerate(entries):
+        tagged = entry["labels"]
+        assert [t["index"] for t in tagged] == sorted(np.flatnonzero(want[c]), key=lambda i: -probs[c, i])
+        np.testing.assert_allclose([t["prob"] for t in tagged], probs[c, [t["index"] for t in tagged]], rtol=1e-5)
+        assert all(t["prob"] >= thr[t["index"]] for t in tagged)
+    for r in rows:
+        assert float(r["threshold"]) == thr[int(r["index"])] and float(r["prob"]) >= float(r["threshold"])
+    assert len(entries[0]["top"]) == 3  # the top-k as before
+
+
+def test_one_threshold_for_every_class(ckpt, demo_root, tmp_path):
+    result = run(compose_cfg("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}",
+                                         "threshold=0.3"]))
+    assert result["thresholds"] == "0.3 for every class (threshold=)"
+    probs, _ = _model_probs(ckpt, demo_root / "eval")
+    rows = _labels_csv(tmp_path)
+    assert len(rows) == (probs >= np.float32(0.3)).sum() > 0
+    with pytest.raises(ValueError, match="threshold=2.0: expected a probability"):
+        run(compose_cfg("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}",
+                                    "threshold=2.0"]))

@@ -16,6 +16,19 @@ def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.arange(frames, device=lengths.device) < lengths[:, None]
 
 
+def exporting() -> bool:
+    """True while torch.jit.trace, torch.onnx.export or torch.export records a network."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def _roll_frames(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Row b's frames rotated by shift[b] along time: out[b, t] = x[b, (t - shift[b]) mod T]."""
+    frames = x.shape[1]
+    t = torch.arange(frames, device=x.device)
+    idx = torch.remainder(t[None, :] - shift[:, None], frames)
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+
 class SkipLSTM(nn.Module):
     """The report's skip-connection LSTM tagger.
 
@@ -74,6 +87,23 @@ class SkipLSTM(nn.Module):
         feats, _ = pad_packed_sequence(seq, batch_first=True, total_length=x.shape[1])
         return feats
 
+    def _encode_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # _encode_packed's result with static shapes, for the exporters, which cannot record packed
+        # sequences of dynamic lengths: the forward direction reads the clip left-aligned (its padding
+        # comes after the real frames), the backward one reads it right-aligned (padding before them).
+        mask = frame_mask(lengths, x.shape[1])[..., None].to(x.dtype)
+        shift = x.shape[1] - lengths
+        feats = x * mask
+        for lstm in self.lstms:
+            out = lstm(feats)[0]
+            if lstm.bidirectional:
+                h = lstm.hidden_size
+                back = lstm(_roll_frames(feats, shift))[0][..., h:]
+                out = torch.cat([out[..., :h], _roll_frames(back, -shift)], dim=-1)
+            out = self.dropout(out) * mask
+            feats = torch.cat([feats, out], dim=-1) if self.skip else out
+        return feats
+
     def _encode_padded(self, x: torch.Tensor) -> torch.Tensor:
         feats = x
         for lstm in self.lstms:
@@ -86,7 +116,10 @@ class SkipLSTM(nn.Module):
         # must be padded to give the same result as the dataset's padded clips.
         x = pad_frames(x, self.max_frames)
         mask = frame_mask(lengths, x.shape[1])
-        feats = self._encode_packed(x, lengths) if self.packed else self._encode_padded(x)
+        if not self.packed:
+            feats = self._encode_padded(x)
+        else:
+            feats = self._encode_masked(x, lengths) if exporting() else self._encode_packed(x, lengths)
         if self.pool == "flatten":
             pooled = feats.flatten(1)
         elif self.pool == "mean":

@@ -1,0 +1,269 @@
+"""`python -m aer.export ckpt=PATH format=onnx|torchscript [out=PATH]`: a model that runs without aer.
+
+The file takes the release's features as they are, uint8 (B, T, 128) with T = 10, and the clips'
+lengths int64 (B,), and returns probabilities float32 (B, 527): the x/255 scaling, the zeroing of
+frames past each clip's length and the Tagger's input normalisation are inside the graph. Class
+names, the input contract and the decision thresholds (`python -m aer.thresholds`) travel in the
+file's metadata: ONNX metadata_props, TorchScript extra files, under the keys of METADATA_KEYS,
+each a JSON text (read them back with `read_metadata`).
+
+Before the file is renamed into place it is loaded back (onnxruntime, torch.jit.load) and run on
+clips of every length in batches of other sizes than the one it was recorded with; an export whose
+probabilities differ from PyTorch's by more than CHECK_ATOL is refused. ONNX goes through
+torch.onnx's TorchScript-based exporter: torch.export (dynamo=True) cannot yet record the
+attention networks' boolean frame selection, whose sizes depend on the lengths.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+import aer.config  # noqa: F401 — registers the resolvers the config uses
+from aer.entry import task
+from aer.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+INPUTS, OUTPUT = ("features", "lengths"), "probs"
+METADATA_KEYS = ("aer.classes", "aer.input", "aer.output", "aer.thresholds", "aer.model")
+CHECK_ATOL = 1e-5  # probabilities: float32 kernels of another runtime differ by ~1e-7
+ONNX_OPSET = 17
+
+
+def release_model(tagger):
+    """The Tagger behind the release's input: uint8 features and lengths in, probabilities out."""
+    import torch
+
+    from aer.models.skiplstm import frame_mask
+
+    class ReleaseTagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tagger = tagger.eval()
+
+        def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            # as aer's data module serves clips: x/255, frames past a clip's length zero
+            mask = frame_mask(lengths, features.shape[1])[..., None]
+            x = features.float().div(255.0) * mask
+            return self.tagger.predict_proba(x, lengths)
+
+    return ReleaseTagger().eval()
+
+
+def metadata(ckpt: dict, source: str, names: list[tuple[str, str]], thresholds: np.ndarray,
+             thr_source: str) -> dict[str, str]:
+    """The metadata entries (key -> JSON text) that travel in the exported file."""
+    hp = ckpt["hyper_parameters"]
+    frames, dims, n = int(hp.get("max_frames", 10)), int(hp.get("in_dim", 128)), int(hp.get("num_classes", 527))
+    norm = "then (x - mean) / std per dimension with the training split's statistics" \
+        if hp.get("input_norm") == "standardize" else "no other normalisation"
+    entries = {
+        "aer.classes": [{"index": i, "mid": mid, "name": name} for i, (mid, name) in enumerate(names)],
+        "aer.input": {
+            INPUTS[0]: {"dtype": "uint8", "shape": ["batch", frames, dims],
+                        "meaning": "the release's 8-bit quantised VGGish embeddings, one row a second"},
+            INPUTS[1]: {"dtype": "int64", "shape": ["batch"], "range": [1, frames],
+                        "meaning": "real frames per clip; frames at and past it are ignored"},
+            "scaling": f"x = features / 255 inside the graph, {norm}",
+        },
+        "aer.output": {OUTPUT: {"dtype": "float32", "shape": ["batch", n],
+                                "meaning": "per-class probabilities (sigmoid)"}},
+        "aer.thresholds": {"values": [float(t) if np.isfinite(t) else None for t in thresholds],
+                           "decide": "a clip is tagged with class c where probs[c] >= values[c]; null: never "
+                                     "(no threshold reached rule=precision's target on the dev split)",
+                           "source": thr_source, **_stored_info(ckpt)},
+        "aer.model": {"net": hp.get("net"), "net_kwargs": hp.get("net_kwargs") or {},
+                      "input_norm": hp.get("input_norm", "unit"), "checkpoint": source,
+                      "epoch": ckpt.get("epoch"), "aer_version": _version()},
+    }
+    return {k: json.dumps(v, ensure_ascii=False, allow_nan=False) for k, v in entries.items()}
+
+
+def _stored_info(ckpt: dict) -> dict:
+    from aer.checkpoint import stored_thresholds
+
+    stored = stored_thresholds(ckpt)
+    return {} if stored is None else {k: v for k, v in stored[1].items() if not k.startswith("val/")}
+
+
+def _version() -> str:
+    from aer import __version__
+
+    return __version__
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The aer metadata of an exported file (either format), each entry parsed from its JSON."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    else:
+        import torch
+
+        raw = {k: "" for k in METADATA_KEYS}
+        torch.jit.load(str(path), map_location="cpu", _extra_files=raw)
+    missing = [k for k in METADATA_KEYS if not raw.get(k)]
+    if missing:
+        raise ValueError(f"{path}: no aer metadata {', '.join(missing)} (not written by `python -m aer.export`)")
+    return {k: json.loads(raw[k]) for k in METADATA_KEYS}
+
+
+def load_runner(path: str | Path, fmt: str, threads: int | None = None):
+    """A function (features uint8 (B, T, D), lengths int64 (B,)) -> probabilities, over the exported file.
+
+    `threads`: onnxruntime's intra-op threads (TorchScript runs on torch's, torch.set_num_threads).
+    """
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return lambda f, n: sess.run([OUTPUT], {INPUTS[0]: f, INPUTS[1]: n})[0]
+    import torch
+
+    module = torch.jit.load(str(path), map_location="cpu")
+
+    def run(f: np.ndarray, n: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(f), torch.from_numpy(n)).numpy()
+
+    return run
+
+
+def probe_clips(batch: int, frames: int, dims: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 clips of every length 1..frames (garbage past each length, which must be ignored)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.permutation(np.resize(np.arange(1, frames + 1), batch)).astype(np.int64)
+    return rng.integers(0, 256, (batch, frames, dims), dtype=np.uint8), lengths
+
+
+def _write_onnx(model, example, path: Path, meta: dict[str, str]) -> None:
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    axes = {name: {0: "batch"} for name in (*INPUTS, OUTPUT)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes: check() judges the result
+        torch.onnx.export(model, example, buf, input_names=list(INPUTS), output_names=[OUTPUT], dynamic_axes=axes,
+                          opset_version=ONNX_OPSET, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def _write_torchscript(model, example, path: Path, meta: dict[str, str]) -> None:
+    import torch
+    from pytorch_lightning.core.module import _jit_is_scripting
+
+    # _jit_is_scripting: Lightning's own to_torchscript flag, so that the tracer can read the Tagger's
+    # attributes (its `trainer` among them) without a Trainer attached
+    with warnings.catch_warnings(), _jit_is_scripting():
+        warnings.simplefilter("ignore")  # tracer notes: check() judges the result
+        traced = torch.jit.trace(model, example, check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files=meta)
+
+
+def check(path: Path, fmt: str, model, frames: int, dims: int) -> float:
+    """Runs the written file on batches of other sizes than the recorded one; the worst |Δp| against PyTorch."""
+    import torch
+
+    run = load_runner(path, fmt)
+    worst = 0.0
+    for seed, batch in enumerate((7, 1, 2 * frames + 1), start=1):
+        features, lengths = probe_clips(batch, frames, dims, seed)
+        with torch.inference_mode():
+            want = model(torch.from_numpy(features), torch.from_numpy(lengths)).numpy()
+        got = run(features, lengths)
+        if got.shape != want.shape:
+            raise RuntimeError(f"{path}: returned {got.shape} for a batch of {batch}, expected {want.shape}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    if not worst <= CHECK_ATOL:
+        raise RuntimeError(f"{path}: its probabilities differ from PyTorch's by {worst:.3g} (> {CHECK_ATOL}); "
+                           f"the {fmt} export of this network is not faithful")
+    return worst
+
+
+WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript}
+
+
+def _check_config(cfg: DictConfig) -> Path:
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.get("ckpt"):
+        raise ValueError("ckpt is not set: run `python -m aer.export ckpt=<run>/checkpoints/best.ckpt format=onnx`")
+    if cfg.get("format") not in FORMATS:
+        raise ValueError(f"format={cfg.get('format')!r}: expected one of {', '.join(FORMATS)}")
+    if cfg.format == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f"format=onnx needs the onnx and onnxruntime packages ({e}): "
+                             f"pip install -e '.[export]'") from None
+    path = Path(to_absolute_path(str(cfg.ckpt))).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt={cfg.ckpt}: no such checkpoint file (expected a .ckpt from train.py)")
+    return path
+
+
+def _class_names(cfg: DictConfig, ckpt: dict, n: int) -> list[tuple[str, str]]:
+    from aer.data.datamodule import read_class_labels
+    from aer.predict import read_labels
+
+    if cfg.get("labels"):
+        return read_labels(to_absolute_path(str(cfg.labels)), n)
+    root = (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
+    return read_class_labels(Path(root) if root else Path("."), n)  # warns and names by index when absent
+
+
+def run(cfg: DictConfig) -> dict:
+    """Exports cfg.ckpt in cfg.format; what it wrote and how far it is from PyTorch."""
+    t0 = time.time()
+    path = _check_config(cfg)
+    import torch
+
+    from aer.checkpoint import decision_thresholds, load_checkpoint, tagger_from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    tagger = tagger_from_checkpoint(ckpt, str(path))
+    hp = tagger.hparams
+    thresholds, thr_source = decision_thresholds(ckpt, None, str(path))
+    meta = metadata(ckpt, str(path), _class_names(cfg, ckpt, hp.num_classes), thresholds, thr_source)
+    out = Path(to_absolute_path(str(cfg.out))) if cfg.get("out") else path.with_name(path.stem + FORMATS[cfg.format])
+    model = release_model(tagger)
+    example = tuple(map(torch.from_numpy, probe_clips(3, hp.max_frames, hp.in_dim)))
+    with atomic_path(out) as tmp:
+        WRITERS[cfg.format](model, example, tmp, meta)
+        worst = check(tmp, cfg.format, model, hp.max_frames, hp.in_dim)
+    result = {"status": "ok", "out": str(out), "format": cfg.format, "bytes": out.stat().st_size,
+              "net": hp.net, "ckpt": str(path), "thresholds": thr_source, "max_abs_diff": worst,
+              "seconds": round(time.time() - t0, 2)}
+    print(f"wrote {out} ({cfg.format}, {result['bytes'] / 1e6:.1f} MB, net={hp.net}): features uint8 "
+          f"(batch, {hp.max_frames}, {hp.in_dim}) + lengths int64 (batch,) -> probs float32 (batch, "
+          f"{hp.num_classes}); thresholds {thr_source}; checked against PyTorch: max |dp| = {worst:.2g}", flush=True)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig):
+    return task(run)(cfg)
+
+
+if __name__ == "__main__":
+    main()
