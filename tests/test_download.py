@@ -406,3 +406,28 @@ def test_cli_as_subcommand(server, tmp_path, capsys):
     assert code == 1
     assert err[-1].startswith("error: ") and "HTTP 404" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_part_is_kept(server, tmp_path):
+    """Disk full mid-transfer (a file-size limit on the child): one line, exit 1, nothing at the final path."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    server.serve_all()
+    root = tmp_path / "root"
+    r = subprocess.run([sys.executable, "-m", "aer.data", "download", str(root), "--base-url", server.url,
+                        "--only", dl.ARCHIVE, "--retries", "0", "--no-progress"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, preexec_fn=limit)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no space left" in last and f"{dl.ARCHIVE}.part" in last, last
+    assert not (root / dl.ARCHIVE).exists() and (root / f"{dl.ARCHIVE}.part").stat().st_size <= 20_000

@@ -366,3 +366,15 @@ def test_stale_checkpoint_partials_are_removed_live_ones_kept(demo_root, tmp_pat
     cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, "trainer.max_epochs=1"))
     run(cfg)
     assert not stale.exists() and live.exists()
+
+
+def test_report_and_metrics_into_a_full_disk_fail_in_one_line(trained_run, tmp_path):
+    out = tmp_path / "report"
+    r = _run_limited([sys.executable, "-m", "aer.report", str(trained_run), "--out", str(out)], 10_000)
+    _one_line_error(r, "no space left", str(out))
+    assert not list(out.glob("*.png")) and not list(out.rglob("*.partial"))
+    code = ("import sys\nfrom aer.utils import write_json\n"
+            f"try:\n    write_json({str(tmp_path / 'metrics.json')!r}, {{'x': 'y' * 50_000}})\n"
+            "except OSError as e:\n    print(f'error: {e}', file=sys.stderr); sys.exit(1)")
+    _one_line_error(_run_limited([sys.executable, "-c", code], 10_000), str(tmp_path / "metrics.json"))
+    assert list(tmp_path.glob("*.json")) == [] and not list(tmp_path.glob(".*.partial"))
