@@ -16,6 +16,7 @@ import pickle
 import re
 import typing
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -82,7 +83,12 @@ def _unreadable(p: Path, e: BaseException) -> CheckpointError:
     if not head.startswith(_MAGIC):
         return CheckpointError(f"{p}: not a torch checkpoint (a torch file is a zip archive or a pickle; this one "
                                f"starts with {head!r})")
-    detail = _unpickler_detail(e)[1] if isinstance(e, pickle.UnpicklingError) else _first_sentence(_one_line(e))
+    if head.startswith(_MAGIC[0]) and not zipfile.is_zipfile(p):  # torch's own error says only "Invalid argument"
+        detail = f"its zip archive is cut short or corrupt ({p.stat().st_size} bytes, no central directory)"
+    elif isinstance(e, pickle.UnpicklingError):
+        detail = _unpickler_detail(e)[1]
+    else:
+        detail = _first_sentence(_one_line(e))
     return CheckpointError(f"{p}: not a readable torch checkpoint (truncated or damaged): {detail}")
 
 

@@ -53,17 +53,17 @@ def _shards(root: Path) -> dict[str, Path]:
         return serialize_clip(Clip(vid, 0.0, float(n), np.array(labels), rng.integers(0, 256, (n, 128), np.uint8)))
 
     kinds = {
-        "truncated": frame(clip("ok")) + frame(clip("cut"))[:300],
-        "corrupt": frame(clip("ok")) + bytes([*frame(clip("bad"))[:-1], 0]),
-        "label": frame(clip("ok")) + frame(clip("lab", labels=(3, 600))),
-        "empty": b"",
-        "duplicate": frame(clip("same")) + frame(clip("same")),
+        "a truncated shard": frame(clip("ok")) + frame(clip("cut"))[:300],
+        "a corrupt record": frame(clip("ok")) + bytes([*frame(clip("bad"))[:-1], 0]),
+        "an unknown label": frame(clip("ok")) + frame(clip("lab", labels=(3, 600))),
+        "an empty (0-byte) shard": b"",
+        "a clip twice (duplicate video_id)": frame(clip("same")) + frame(clip("same")),
     }
     out = {}
-    for kind, data in kinds.items():
-        (root / kind).mkdir(parents=True)
-        (root / kind / "aa.tfrecord").write_bytes(data)
-        out[kind] = root / kind
+    for i, (kind, data) in enumerate(kinds.items()):
+        (root / f"src{i}").mkdir(parents=True)
+        (root / f"src{i}" / "aa.tfrecord").write_bytes(data)
+        out[kind] = root / f"src{i}"
     return out
 
 
@@ -84,8 +84,8 @@ def _cases(tmp: Path, demo: Path, ckpt: Path) -> list[Case]:
     torch.save({"state_dict": Evil()}, ckpts["malicious"])
     train = [py, str(ROOT / "train.py"), *train_overrides(demo, tmp / "runs", "trainer.max_epochs=1")]
     evaluate = [py, str(ROOT / "evaluate.py"), f"hydra.run.dir={tmp / 'eval'}"]
-    cases = [Case("Data", f"a {k} shard", [*data, "convert", str(p), str(tmp / f"{k}.h5")],
-                  f"python -m aer.data convert SRC OUT.h5  (SRC: {k})") for k, p in shards.items()]
+    cases = [Case("Data", k, [*data, "convert", str(p), str(tmp / f"{p.name}.h5")],
+                  "python -m aer.data convert SRC OUT.h5") for k, p in shards.items()]
     cases += [
         Case("Data", "no such shard folder", [*data, "convert", str(tmp / "nowhere"), str(tmp / "o.h5")],
              "python -m aer.data convert MISSING OUT.h5"),
@@ -171,8 +171,9 @@ def _damaged_cache(src: Path, path: Path) -> None:
         fh.write(b"\0" * 64)
 
 
-def _shown(text: str, tmp: Path, demo: Path) -> str:
-    text = text.replace(str(tmp), "<tmp>").replace(str(demo), "<demo>").replace(str(ROOT), ".")
+def _shown(text: str, tmp: Path, demo: Path, run: Path) -> str:
+    text = text.replace(str(tmp), "<tmp>").replace(str(demo), "<demo>").replace(str(run), "<run>")
+    text = text.replace(str(ROOT), ".")
     return re.sub(r"pytest-of-\w+/pytest-\d+/\w+?\d*/", "", text)
 
 
@@ -189,11 +190,12 @@ def test_every_bad_input_is_one_line_and_exit_1(results):
             assert "posix.system" in last and "weights_only=False" not in last, last
 
 
-def test_docs_errors_md_is_what_aer_prints(results, demo_root):
+def test_docs_errors_md_is_what_aer_prints(results, demo_root, trained_run):
     tmp, out = results
     lines = ["# Error messages", "",
              "Each bad input, run for real by `tests/test_errors_doc.py`, with the one line aer prints "
-             "(exit status 1, no traceback). Paths are shortened: `<tmp>` is a scratch folder, `<demo>` a demo set.",
+             "(exit status 1, no traceback). Paths are shortened: `<tmp>` is a scratch folder, `<demo>` a demo set,",
+             "`<run>` a training run's dir (C is its checkpoint).",
              "Regenerate after a change of wording: "
              "`AER_WRITE_ERRORS_DOC=1 python -m pytest tests/test_errors_doc.py`."]
     section = None
@@ -202,7 +204,7 @@ def test_docs_errors_md_is_what_aer_prints(results, demo_root):
             section = case.section
             lines += ["", f"## {section}", "", "| bad input | command | message |", "|---|---|---|"]
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "(nothing printed)"
-        msg = _shown(last, tmp, demo_root).replace("|", "\\|")
+        msg = _shown(last, tmp, demo_root, trained_run).replace("|", "\\|")
         lines.append(f"| {case.what} | `{case.shown}` | `{msg}` |")
     text = "\n".join(lines) + "\n"
     if os.environ.get("AER_WRITE_ERRORS_DOC"):
