@@ -113,11 +113,18 @@ class Group:
 GROUPS: list[Group] = []  # every group started and not yet cleaned up: killed on exit
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that (Python then
+    # installs no KeyboardInterrupt handler): the victims must take Ctrl-C as a user's process would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch(cmd: list[str], log: Path) -> Group:
     born = _uptime_ticks() - 1
     with open(log, "ab") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                start_new_session=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                                preexec_fn=_default_sigint)
     GROUPS.append(Group(proc, born))
     return GROUPS[-1]
 

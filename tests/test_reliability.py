@@ -131,8 +131,9 @@ def _convert_cmd(src: Path, out: Path) -> list[str]:
 def test_killed_conversion_leaves_no_process_or_lock_and_reruns(big_split, tmp_path, sig, fraction):
     src, seconds = big_split
     out = tmp_path / "bal_train.h5"
-    p = subprocess.Popen(_convert_cmd(src, out), cwd=ROOT, start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # SIGINT as Ctrl-C reaches a foreground process, even where pytest itself runs with it ignored
+    p = subprocess.Popen(_convert_cmd(src, out), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # the workers start after the imports (~1 s); kill during the conversion itself
     while not (tmp_path / ".bal_train.h5.partial").exists() and p.poll() is None:
         time.sleep(0.01)

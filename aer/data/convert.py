@@ -316,7 +316,13 @@ def _results(shards: list[Path], workers: int, on_bad_record: str, num_classes: 
             yield read_shard(str(p), on_bad_record, num_classes)
         return
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+    # Ctrl-C is held back while the pool starts: raised half-way through Pool(), it leaves workers
+    # and threads that the pool's exit handler then waits on. It is raised below, where terminate() runs.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     try:
         pending: deque = deque()
         for group in _groups(shards):
