@@ -172,5 +172,5 @@ def test_pruning_callback_is_inert_outside_a_study(demo_root, tmp_path):
     from aer.train import run
 
     result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, "+callbacks.optuna_pruning._target_="
-                                                      "aer.search.OptunaPruning", "~logger")))
+                                                      "aer.search.OptunaPruning")))
     assert result["status"] == "ok" and result["epochs"] == 2
