@@ -28,15 +28,15 @@ LOCATION_KEYS = ("paths.", "hydra.", "data.root", "data.cache_dir", "threads", "
 
 @dataclass
 class Dim:
-    """One searched key: its Optuna distribution, and the override text of categorical values
-    that Optuna cannot store as they are (lists, dicts)."""
+    """One searched key and its Optuna distribution. `raw`: the categorical values are override text,
+    for choices that Optuna cannot store as they are (lists, dicts)."""
 
     key: str
     distribution: Any
-    text: dict | None = None
+    raw: bool = False
 
     def override(self, value) -> str:
-        return f"{self.key}={self.text[value] if self.text and value in self.text else render(value)}"
+        return f"{self.key}={value if self.raw else render(value)}"
 
 
 def render(value) -> str:
@@ -67,8 +67,7 @@ def _dim(override) -> Dim:
         plain = [c for c in v.list if c is None or isinstance(c, (bool, int, float, str))]
         if len(plain) == len(v.list):
             return Dim(key, CategoricalDistribution(v.list))
-        text = {render(c): render(c) for c in v.list}  # lists / dicts: stored as their override text
-        return Dim(key, CategoricalDistribution(list(text)), text)
+        return Dim(key, CategoricalDistribution([render(c) for c in v.list]), raw=True)
     if isinstance(v, RangeSweep):
         if all(isinstance(x, int) for x in (v.start, v.stop, v.step)):
             last = v.start + (v.stop - 1 - v.start) // v.step * v.step  # range() excludes stop
@@ -143,7 +142,7 @@ def check_same_study(study, space: list[Dim], fixed: list[str]) -> None:
                          f"same command to continue it, or give a new hydra.sweeper.study_name (or hydra.sweep.dir)")
 
 
-def retry_interrupted(study) -> list[int]:
+def retry_interrupted(study) -> None:
     """Trials left RUNNING by a killed sweep: marked failed, and their parameters queued to run first."""
     from optuna.trial import TrialState
 
@@ -152,7 +151,6 @@ def retry_interrupted(study) -> list[int]:
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         log.info("trial %d was interrupted: it runs again", t.number)
-    return [t.number for t in stale]
 
 
 def n_done(study) -> int:
@@ -164,12 +162,13 @@ def n_done(study) -> int:
 
 def tell(study, trial, ret, metric: str) -> None:
     """Records a job's outcome: its metric, PRUNED when the pruning callback stopped it, FAIL otherwise."""
-    from hydra.core.utils import JobStatus
     from optuna.trial import TrialState
 
-    result = ret._return_value if ret.status == JobStatus.COMPLETED else None
-    if ret.status != JobStatus.COMPLETED:
-        log.error("trial %d failed: %s", trial.number, ret._return_value)
+    try:
+        result = ret.return_value  # re-raises what the job raised (aer.entry.task catches most of it)
+    except Exception as e:  # noqa: BLE001 — one trial's failure is the study's data, not the sweep's end
+        log.error("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+        result = None
     status = result.get("status") if isinstance(result, dict) else None
     value = result.get(metric) if isinstance(result, dict) else None
     if status == "pruned":

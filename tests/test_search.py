@@ -66,6 +66,26 @@ def test_search_space_from_override_syntax():
         split_arguments({"seed": "glob(*)"}, [])
 
 
+def test_job_outcomes_become_trial_states():
+    """What aer.search.tell records for a job: its metric, PRUNED, or FAIL (raised, failed, or no number)."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from aer.search import tell
+
+    study = optuna.create_study(direction="maximize")
+    outcomes = [JobReturn(status=JobStatus.COMPLETED, _return_value={"status": "ok", "val/mAP": 0.25}),
+                JobReturn(status=JobStatus.COMPLETED, _return_value={"status": "pruned", "val/mAP": 0.1}),
+                JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("out of memory")),
+                JobReturn(status=JobStatus.COMPLETED, _return_value=None),  # aer.entry.task recorded a failure
+                JobReturn(status=JobStatus.COMPLETED, _return_value={"status": "ok", "val/mAP": float("nan")})]
+    for ret in outcomes:
+        trial = study.ask()
+        trial.report(0.1, step=0)
+        tell(study, trial, ret, "val/mAP")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "FAIL"]
+    assert study.best_value == 0.25
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml")))
 def test_hparams_search_configs_compose(name):
     from hydra import compose, initialize_config_dir
