@@ -2,8 +2,8 @@
 inside a trial's training, and what a study leaves in its sweep dir (trials.json, the best overlay).
 
 The Hydra side is the sweeper plugin in hydra_plugins/aer_optuna_sweeper (`hydra/sweeper=aer_optuna`,
-used by `hparams_search=...`). Hydra's own optuna sweeper plugin (hydra-optuna-sweeper 1.2) pins
-optuna<3, from 2021: this one is a thin loop over Optuna's ask-and-tell API instead.
+used by `hparams_search=...`). Hydra's own plugin, hydra-optuna-sweeper (1.3.0, the newest), pins
+optuna>=2.10,<3, while Optuna is at 5: this one is a thin loop over Optuna's ask-and-tell API instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`hydra/sweeper=aer_optuna`: an Optuna study over Hydra overrides, through Optuna's ask-and-tell API.
 
-Written because Hydra's own plugin, hydra-optuna-sweeper (1.2.0, and 1.3.0 dev), requires optuna<3
-(2.10, from 2021), while Optuna is at 5. Hydra imports every module under hydra_plugins at start-up,
+Written because Hydra's own plugin, hydra-optuna-sweeper (1.3.0, the newest on PyPI), requires
+optuna>=2.10,<3 (2.10 is from 2021), while Optuna is at 5. Hydra imports every module under hydra_plugins at start-up,
 so this one imports nothing heavy at the top: Optuna and aer load when a sweep starts.
 
 Each batch asks `n_jobs` trials, launches them with the configured launcher (joblib runs them side
