@@ -1,4 +1,5 @@
-"""Sweep summaries: one table (markdown and CSV) of every job's metrics.json and overrides."""
+"""Sweep summaries: one table (markdown and CSV) of every job's metrics.json and overrides, with each
+trial's Optuna state and value in an Optuna sweep (its trials.json, written by aer.search)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,21 @@ def collect(sweep_dir: str | Path) -> list[dict]:
         # metrics.json of a failed job carries its overrides as a list: .hydra's are the ones shown
         rows.append({**m, "job": str(job.relative_to(sweep_dir)) if job != Path(sweep_dir) else ".",
                      "overrides": " ".join(overrides)})
+    return merge_trials(rows, sweep_dir)
+
+
+def merge_trials(rows: list[dict], sweep_dir: str | Path) -> list[dict]:
+    """Adds trial, state and value to the jobs of an Optuna sweep; other sweeps' rows are returned as they are."""
+    path = Path(sweep_dir) / "trials.json"
+    if not path.exists():
+        return rows
+    trials = {t["job"]: t for t in json.loads(path.read_text())}
+    for r in rows:
+        t = trials.get(r["job"])
+        if t:
+            r.update(trial=t["trial"], state=t["state"], value=t["value"])
+            if t.get("note"):
+                r["error"] = "; ".join(filter(None, [r.get("error"), t["note"]]))
     return rows
 
 
@@ -73,7 +89,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     for r in rows:
         r["swept"] = " ".join(o for o in r["overrides"].split() if o.partition("=")[0] in keys)
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    head = ["job", "swept", "status", *cols, "error"]
+    head = ["job", "swept", "status", *[c for c in ("state", "value") if any(c in r for r in rows)], *cols, "error"]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -95,6 +111,6 @@ class SweepSummary(Callback):
         if not sweep_dir.exists():
             return
         rows = write_summary(sweep_dir)
-        failed = sum(r.get("status") != "ok" for r in rows)
+        failed = sum(r.get("status") not in ("ok", "pruned") for r in rows)
         log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "summary.md", len(rows), failed)
         print((sweep_dir / "summary.md").read_text())

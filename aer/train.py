@@ -18,6 +18,7 @@ from aer.callbacks import BestMetric, Divergence, FrozenHeap, Throughput
 from aer.ckpt_io import AtomicCheckpointIO
 from aer.config import check_train_config, module_kwargs
 from aer.module import Tagger
+from aer.search import OptunaPruning
 from aer.utils import remove_stale_partials, write_json
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,43 @@ def hparams_for_dashboard(cfg: DictConfig) -> dict:
             if k != "name":
                 flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return flat
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    """The `logger` group's loggers, one per key (`logger=[tensorboard,mlflow]`, `logger=many`), hparams logged."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    node = cfg.get("logger") or {}
+    nodes = [node] if "_target_" in node else [c for c in node.values() if c]  # one logger's config, as before
+    loggers = [hydra.utils.instantiate(c) for c in nodes]
+    hparams = hparams_for_dashboard(cfg)
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):  # its HParams tab needs the metrics declared up front
+            lg.log_hyperparams(hparams, {"val/mAP": 0.0, "val/mAUC": 0.0, "test/mAP": 0.0, "test/mAUC": 0.0})
+        else:
+            lg.log_hyperparams(hparams)
+    return loggers
+
+
+def log_checkpoints(loggers: list, paths: list[str | None]) -> None:
+    """The run's result checkpoints as MLflow artifacts (checkpoints/best.ckpt, last.ckpt, swa.ckpt).
+
+    Not Lightning's log_model: it logs the checkpoints of whichever ModelCheckpoint saved last,
+    which is aer's last-epoch one (see last_epoch_checkpoint), so best.ckpt would be missing.
+    """
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    for lg in loggers:
+        if isinstance(lg, MLFlowLogger):
+            for p in dict.fromkeys(p for p in paths if p):
+                lg.experiment.log_artifact(lg.run_id, p, "checkpoints")
+
+
+def _finish_wandb() -> None:
+    """Lightning's WandbLogger leaves its run open, and a sweep's next job would log into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
@@ -150,6 +188,7 @@ def run(cfg: DictConfig) -> dict:
     finally:  # leave the process as a multirun's next job (or DDP run) expects to find it
         import torch.distributed as dist
 
+        _finish_wandb()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for k, v in env.items():
@@ -183,13 +222,9 @@ def _run(cfg: DictConfig) -> dict:
         callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr,
                                                    swa_epoch_start=cfg.swa.epoch_start,
                                                    annealing_epochs=cfg.swa.annealing_epochs))
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks += [throughput, best, divergence, FrozenHeap()]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg) or False,
                                                   plugins=[AtomicCheckpointIO()])
-    if logger:
-        logger.log_hyperparams(hparams_for_dashboard(cfg),
-                               {"val/mAP": 0.0, "val/mAUC": 0.0, "test/mAP": 0.0, "test/mAUC": 0.0})
     if model.hparams.input_norm == "standardize":
         dm.prepare_data()
         dm.setup("fit")
@@ -224,13 +259,15 @@ def _run(cfg: DictConfig) -> dict:
     else:
         metrics["val/mAP_best"] = best.best
     metrics["train/clips_per_s"] = throughput.clips_per_s
-    diverged = divergence.verdict(metrics, trainer.current_epoch)
+    pruned = any(isinstance(cb, OptunaPruning) and cb.pruned_epoch is not None for cb in callbacks)
+    diverged = None if pruned else divergence.verdict(metrics, trainer.current_epoch)
     result = {
-        **metrics, "status": "diverged" if diverged else "ok", "diverged": diverged,
+        **metrics, "status": "pruned" if pruned else "diverged" if diverged else "ok", "diverged": diverged,
         "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_ckpt": best_path, "last_ckpt": ckpt_cb.last_model_path or None,
         "seconds": round(time.time() - t0, 2),
     }
     if trainer.is_global_zero:
+        log_checkpoints(trainer.loggers, [best_path, result["last_ckpt"]])
         write_json(out_dir / "metrics.json", result)
     return result

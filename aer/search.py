@@ -1,0 +1,290 @@
+"""Optuna search: the search space from Hydra override syntax, the study in SQLite, pruning from
+inside a trial's training, and what a study leaves in its sweep dir (trials.json, the best overlay).
+
+The Hydra side is the sweeper plugin in hydra_plugins/aer_optuna_sweeper (`hydra/sweeper=aer_optuna`,
+used by `hparams_search=...`). Hydra's own plugin, hydra-optuna-sweeper (1.3.0, the newest), pins
+optuna>=2.10,<3, while Optuna is at 5: this one is a thin loop over Optuna's ask-and-tell API instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+
+from aer.utils import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+SWEEPER = "hydra_plugins.aer_optuna_sweeper.optuna_sweeper.AerOptunaSweeper"
+# Overrides that say where a study ran, not what it trained: left out of the best overlay.
+LOCATION_KEYS = ("paths.", "hydra.", "data.root", "data.cache_dir", "threads", "ckpt_path", "hparams_search")
+
+
+@dataclass
+class Dim:
+    """One searched key and its Optuna distribution. `raw`: the categorical values are override text,
+    for choices that Optuna cannot store as they are (lists, dicts)."""
+
+    key: str
+    distribution: Any
+    raw: bool = False
+
+    def override(self, value) -> str:
+        return f"{self.key}={value if self.raw else render(value)}"
+
+
+def render(value) -> str:
+    """A parsed override value back in Hydra's override syntax."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(render(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{render(v)}" for k, v in value.items()) + "}"
+    s = str(value)
+    if not s or any(c in s for c in " ,()[]{}'\"=:\\") or s.lower() in ("null", "true", "false"):
+        return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return s
+
+
+def _dim(override) -> Dim:
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    key, v = override.get_key_element(), override.value()
+    log_scale = "log" in (getattr(v, "tags", None) or ())
+    if isinstance(v, ChoiceSweep):
+        plain = [c for c in v.list if c is None or isinstance(c, (bool, int, float, str))]
+        if len(plain) == len(v.list):
+            return Dim(key, CategoricalDistribution(v.list))
+        return Dim(key, CategoricalDistribution([render(c) for c in v.list]), raw=True)
+    if isinstance(v, RangeSweep):
+        if all(isinstance(x, int) for x in (v.start, v.stop, v.step)):
+            last = v.start + (v.stop - 1 - v.start) // v.step * v.step  # range() excludes stop
+            return Dim(key, IntDistribution(v.start, last, step=v.step))
+        return Dim(key, FloatDistribution(v.start, v.stop - v.step, step=v.step))
+    if isinstance(v, IntervalSweep):
+        return Dim(key, FloatDistribution(v.start, v.end, log=log_scale))
+    raise ValueError(f"hydra.sweeper.params.{key}: {override.input_line!r} is not choice(...), range(...) "
+                     f"or interval(...)")
+
+
+def split_arguments(params: dict[str, str] | None, arguments: list[str]) -> tuple[list[Dim], list[str]]:
+    """The search space (hydra.sweeper.params and sweep-valued command-line overrides) and the fixed overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    space: dict[str, Dim] = {}
+    fixed: list[str] = []
+    for o in OverridesParser.create().parse_overrides(lines):
+        if o.is_sweep_override():
+            space[o.get_key_element()] = _dim(o)  # the command line's range replaces the config's
+        else:
+            fixed.append(o.input_line)
+    return list(space.values()), fixed
+
+
+def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
+    """`null` means the study lives beside its jobs: sqlite in the sweep dir, found again by the same command."""
+    return storage or f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
+
+
+def open_storage(url: str):
+    import optuna
+
+    # sqlite waits 5 s for a lock by default: parallel trials reporting each epoch can wait longer
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def instantiate_or_none(node):
+    import hydra
+
+    return hydra.utils.instantiate(node) if node else None
+
+
+def n_trials_in(storage, study_name: str) -> int:
+    try:
+        return len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
+    except KeyError:  # no such study yet
+        return 0
+
+
+def make_sampler(node, n_trials: int):
+    """The sampler, its seed moved on by the trials the study already has: a continued study with
+    the same seed would draw the killed run's parameters again."""
+    if node and node.get("seed") is not None:
+        node = OmegaConf.merge(node, {"seed": int(node["seed"]) + n_trials})
+    return instantiate_or_none(node)
+
+
+def check_same_study(study, space: list[Dim], fixed: list[str]) -> None:
+    """A study continued must be the one that was started: same search space, same fixed overrides."""
+    from optuna.distributions import distribution_to_json
+
+    wanted = {"space": {d.key: distribution_to_json(d.distribution) for d in space}, "fixed": sorted(fixed)}
+    had = study.user_attrs.get("aer")
+    if had is None:
+        study.set_user_attr("aer", wanted)
+    elif had != wanted:
+        raise ValueError(f"study {study.study_name!r} was started with overrides {had['fixed']} and search space "
+                         f"{sorted(had['space'])}, not {wanted['fixed']} / {sorted(wanted['space'])}: run the "
+                         f"same command to continue it, or give a new hydra.sweeper.study_name (or hydra.sweep.dir)")
+
+
+def retry_interrupted(study) -> None:
+    """Trials left RUNNING by a killed sweep: marked failed, and their parameters queued to run first."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        log.info("trial %d was interrupted: it runs again", t.number)
+
+
+def n_done(study) -> int:
+    """Finished trials, not counting interrupted ones that were queued again."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return sum(t.state.is_finished() and t.number not in retried for t in trials)
+
+
+def tell(study, trial, ret, metric: str) -> None:
+    """Records a job's outcome: its metric, PRUNED when the pruning callback stopped it, FAIL otherwise."""
+    from optuna.trial import TrialState
+
+    try:
+        result = ret.return_value  # re-raises what the job raised (aer.entry.task catches most of it)
+    except Exception as e:  # noqa: BLE001 — one trial's failure is the study's data, not the sweep's end
+        log.error("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+        result = None
+    status = result.get("status") if isinstance(result, dict) else None
+    value = result.get(metric) if isinstance(result, dict) else None
+    if status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+    elif status == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
+        study.tell(trial, float(value))
+    else:
+        if status == "ok":
+            log.error("trial %d: %s=%r is not a finite number", trial.number, metric, value)
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def trial_rows(study) -> list[dict]:
+    """One row per trial for trials.json and the sweep summary (job dirs are named by trial number)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    rows = []
+    for t in trials:
+        row = {"job": str(t.number), "trial": t.number, "state": t.state.name, "value": t.value,
+               "params": t.params, "epochs_reported": len(t.intermediate_values)}
+        if t.number in retried:
+            row["note"] = f"interrupted; run again as trial {retried[t.number]}"
+        rows.append(row)
+    return rows
+
+
+def write_study_files(study, sweep_dir: Path, space: list[Dim], fixed: list[str], choices: dict) -> Path | None:
+    """trials.json, the sweep summary, and the best trial as an experiment overlay; returns the overlay's path."""
+    from aer.sweep import write_summary
+
+    write_json(sweep_dir / "trials.json", trial_rows(study))
+    write_summary(sweep_dir)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        return None
+    best = study.best_trial
+    overrides = fixed + [d.override(best.params[d.key]) for d in space if d.key in best.params]
+    name = f"{study.study_name}_best"
+    head = (f"Best of the Optuna study {study.study_name!r}: trial {best.number}, value {best.value:.4f} "
+            f"({len(complete)} complete of {len(study.trials)} trials). Written by the sweeper.\n"
+            f"Re-run: python train.py --config-dir {sweep_dir} experiment={name} "
+            f"[data.root=...] (or copy it into conf/experiment/)")
+    path = sweep_dir / "experiment" / f"{name}.yaml"
+    atomic_write_text(path, overlay_yaml(overrides, choices, head))
+    return path
+
+
+def overlay_yaml(overrides: list[str], choices: dict, comment: str) -> str:
+    """An experiment overlay (`# @package _global_`) that composes the same config as `overrides`.
+
+    `choices` are the config groups (hydra.runtime.choices): a group's override becomes an
+    `override /group: option` default; `experiment=X` becomes the overlay's base, `- X`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    defaults: list = []
+    body = OmegaConf.create()
+    base = choices.get("experiment")
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element()
+        if o.is_delete() or o.is_add() or o.is_force_add() or key.startswith(LOCATION_KEYS):
+            continue
+        if key == "experiment":
+            base = o.value()
+        elif key in choices:
+            defaults.append({f"override /{key}": o.value()})
+        else:
+            OmegaConf.update(body, key, o.value(), force_add=True)
+    defaults = ([base] if base else []) + defaults + ["_self_"]
+    text = OmegaConf.to_yaml(OmegaConf.merge({"defaults": defaults}, body))
+    return "# @package _global_\n" + "".join(f"# {line}\n" for line in comment.splitlines()) + text
+
+
+def job_trial():
+    """The Optuna trial this job runs, or None outside an aer_optuna sweep.
+
+    The trial was asked by the sweeper, maybe in another process (joblib): the job finds it in
+    the study's storage by its number, which is the job's number.
+    """
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or hc.sweeper.get("_target_") != SWEEPER:
+        return None
+    storage = open_storage(storage_url(hc.sweeper.storage, hc.sweep.dir))
+    study = optuna.load_study(study_name=hc.sweeper.study_name, storage=storage,
+                              pruner=instantiate_or_none(hc.sweeper.pruner))
+    study_id = storage.get_study_id_from_name(hc.sweeper.study_name)
+    return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, hc.job.num))
+
+
+class OptunaPruning(pl.Callback):
+    """Reports the sweeper's metric to this job's trial after each validation and stops training
+    when the study's pruner says so; the run then ends normally with status `pruned`."""
+
+    def __init__(self) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        self.trial = job_trial()
+        self.metric = HydraConfig.get().sweeper.metric if self.trial else None
+        self.pruned_epoch: int | None = None
+        if self.trial is None:
+            log.info("not an Optuna trial (no hparams_search multirun): no pruning")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        prune = False
+        if self.trial is not None and not trainer.sanity_checking and self.metric in trainer.callback_metrics:
+            self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
+            prune = self.trial.should_prune()
+        # every DDP rank must stop at the same epoch; only rank 0 holds the trial
+        if trainer.strategy.reduce_boolean_decision(prune, all=False):
+            self.pruned_epoch = trainer.current_epoch
+            trainer.should_stop = True
+            log.info("trial pruned after epoch %d (%s)", trainer.current_epoch + 1, self.metric)
+

@@ -1,0 +1,1 @@
+"""aer's Optuna sweeper for Hydra (`hydra/sweeper=aer_optuna`); see aer.search."""

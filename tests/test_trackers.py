@@ -1,0 +1,99 @@
+"""The `logger` group: tensorboard (default), csv, mlflow, wandb (offline) and several at once; what
+they store is read back with their own readers (MLflow's client, TensorBoard's event reader)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from aer.train import run
+from conftest import CONF, compose_cfg, train_overrides
+
+OPTIONS = sorted(p.stem for p in (CONF / "logger").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides,keys", [([], ["tensorboard"]), (["logger=[tensorboard,mlflow]"],
+                                                                     ["tensorboard", "mlflow"]),
+                                            (["logger=many"], ["tensorboard", "csv", "mlflow"]),
+                                            (["logger=wandb"], ["wandb"]), (["~logger"], None)])
+def test_logger_choices_compose(overrides, keys, tmp_path):
+    cfg = compose_cfg("train", [f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}", *overrides])
+    assert (list(cfg.logger) if cfg.get("logger") else None) == keys
+    assert set(OPTIONS) >= {"tensorboard", "csv", "mlflow", "wandb", "many"}
+
+
+def _csv_series(run_dir: Path, key: str) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def _tensorboard_series(run_dir: Path, key: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={SCALARS: 0})
+    ea.Reload()
+    first, *rest = ea.Scalars(key)
+    assert (first.step, first.value) == (0, 0.0)  # the placeholder that declares the metric to the HParams tab
+    return [e.value for e in rest]
+
+
+def _mlflow_run(log_dir: Path):
+    mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed: pip install -e '.[track]'")
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{log_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def test_many_loggers_store_the_same_val_map_series(demo_root, tmp_path):
+    pytest.importorskip("mlflow", reason="MLflow is not installed: pip install -e '.[track]'")
+    out = tmp_path / "run"
+    result = run(compose_cfg("train", train_overrides(demo_root, out, "logger=many", f"paths.log_dir={tmp_path}",
+                                                      "trainer.max_epochs=3")))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 == result["epochs"]
+
+    client, mlrun = _mlflow_run(tmp_path)
+    ml = [m.value for m in sorted(client.get_metric_history(mlrun.info.run_id, "val/mAP"), key=lambda m: m.step)]
+    series = {"mlflow": ml, "csv": _csv_series(out, "val/mAP"), "tensorboard": _tensorboard_series(out, "val/mAP")}
+    for name, values in series.items():
+        assert len(values) == metrics["epochs"], (name, values)
+        assert values[-1] == pytest.approx(metrics["val/mAP"], abs=1e-6), name
+        assert values == pytest.approx(series["csv"], abs=1e-6), name  # tensorboard stores float32
+    assert max(ml) == pytest.approx(metrics["val/mAP_best"], abs=1e-6)
+
+    params = mlrun.data.params
+    assert (params["model"], params["optim.lr"], params["data.batch_size"]) == ("fc", "0.001", "100")
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["run_dir"] == str(out)
+    assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= set(_artifacts(client, mlrun.info.run_id))
+
+
+def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is not installed: pip install -e '.[track]'")
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache")):
+        monkeypatch.setenv(var, str(tmp_path / sub))  # wandb's own settings and caches, off the home dir
+    # under pytest's output capture, wandb's console capture left the first run's log empty (seen with
+    # wandb 0.31; a plain `python train.py logger=wandb` writes it whole)
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    logs = []
+    for name in ("a", "b"):  # two runs in one process, as a sweep's jobs: the first must not absorb the second
+        out = tmp_path / name
+        run(compose_cfg("train", train_overrides(demo_root, out, "logger=wandb")))
+        found = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(found) == 1, found
+        logs.append(found[0])
+    assert logs[0].name != logs[1].name
+    for path in logs:
+        data = path.read_bytes()
+        assert data.startswith(b":W&B")  # wandb's transaction log; its records hold the logged keys
+        assert b"val/mAP" in data and b"optim.lr" in data
