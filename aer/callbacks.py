@@ -108,7 +108,7 @@ class Divergence(pl.Callback):
     sigmoid outputs near 0.5), so a learning rate that blows up within the first epoch is caught too.
     """
 
-    def __init__(self, loss_factor: float = 10.0, chance_auc: float = 0.52, min_epochs: int = 5) -> None:
+    def __init__(self, loss_factor: float = 10.0, chance_auc: float = 0.505, min_epochs: int = 5) -> None:
         self.loss_factor, self.chance_auc, self.min_epochs = loss_factor, chance_auc, min_epochs
         self.first_loss: float | None = None
         self.epoch_losses: list[float] = []

@@ -379,3 +379,16 @@ def test_report_and_metrics_into_a_full_disk_fail_in_one_line(trained_run, tmp_p
             "except OSError as e:\n    print(f'error: {e}', file=sys.stderr); sys.exit(1)")
     _one_line_error(_run_limited([sys.executable, "-c", code], 10_000), str(tmp_path / "metrics.json"))
     assert list(tmp_path.glob("*.json")) == [] and not list(tmp_path.glob(".*.partial"))
+
+
+def test_divergence_rules():
+    from aer.callbacks import Divergence
+
+    d = Divergence()
+    assert d.verdict({"val/mAUC": 0.5}, 6).startswith("val/mAUC is 0.5000 after 6 epochs")
+    assert d.verdict({"val/mAUC": 0.5}, 4) is None  # too early to call
+    assert d.verdict({"val/mAUC": 0.52}, 20) is None  # weak, but learning
+    d.first_loss, d.epoch_losses = 0.69, [0.5, 7.0]
+    assert d.verdict({"val/mAUC": 0.9}, 2).startswith("train/loss rose from 0.69")
+    d.epoch_losses = [0.5, 6.8]
+    assert d.verdict({"val/mAUC": 0.9}, 2) is None
