@@ -105,6 +105,21 @@ def test_torch_aer_and_jax_one_epoch_on_demo_data(demo_root, tmp_path):
     assert (out / "frameworks.png").stat().st_size > 0
 
 
+def test_trainers_take_turns_epoch_by_epoch(demo_root, data, tmp_path):
+    jobs = {fw: (sys.executable, _job(data[0], fw, epochs=2, data_root=str(demo_root), cache_dir=str(data[2]),
+                                      val_fraction=0.2, split_seed=0), tmp_path / fw) for fw in ("torch", "aer")}
+    runs = harness.run_seed(jobs, data[1], timeout=600, lockstep=True)
+    assert [r["status"] for r in runs.values()] == ["ok", "ok"], runs
+    t = lambda fw, name: (tmp_path / fw / name).stat().st_mtime_ns  # noqa: E731
+    # each trainer's turn (go_E until it is ready for E+1) ends before the next one's begins
+    order = [t("torch", "go_001"), t("torch", "ready_002"), t("aer", "go_001"), t("aer", "ready_002"),
+             t("torch", "go_002")]
+    assert order == sorted(order)
+    for run in runs.values():  # time spent waiting for the other's turn is not the trainer's
+        e = run["epochs"]
+        assert e[1]["elapsed_s"] - e[0]["elapsed_s"] < 1.5 * (e[1]["train_s"] + e[1]["eval_s"]) + 1.0
+
+
 @pytest.mark.parametrize("framework", ["tensorflow", "mxnet"])
 def test_other_trainers_one_epoch(framework, data, tmp_path):
     python, where = envs.python_for(framework, install=False)
@@ -125,9 +140,10 @@ def test_missing_framework_and_failed_trainer_are_not_run_rows(demo_root, data, 
     failed = harness.run_job("torch", sys.executable, _job(tmp_path / "nowhere"), tmp_path / "job", data[1], 60)
     assert failed["status"] == "failed" and "train_x.npy: not a readable .npy file" in failed["error"]
     results["frameworks"]["torch"] = {"where": "this interpreter", "runs": [failed]}
-    rows = summary.write_outputs(results, tmp_path / "out")
-    assert rows[0]["not_run"].startswith("mxnet not importable here") and "--no-install" in rows[0]["not_run"]
-    assert rows[1]["not_run"].startswith("seed 1: trainer exited 1: error:")
+    rows = {r["framework"]: r for r in summary.write_outputs(results, tmp_path / "out")}
+    why = rows["mxnet"]["not_run"]
+    assert why.startswith("mxnet not importable here") and "--no-install" in why
+    assert rows["torch"]["not_run"].startswith("seed 1: trainer exited 1: error:")
     table = (tmp_path / "out" / "table.md").read_text()
     assert table.count("not run: ") == 2 and "±" not in table
 

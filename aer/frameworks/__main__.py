@@ -4,6 +4,7 @@ PyTorch, aer (Lightning), TensorFlow (Keras), MXNet (Gluon) and JAX (Flax + Opta
 
     python -m aer.frameworks [--frameworks torch,aer,tensorflow,mxnet,jax] [--seeds 1,2,3] [--epochs 50]
         [--threads 1] [--data-root DIR] [--cache-dir DIR] [--out DIR] [--no-install]
+    python -m aer.frameworks --replot OUT/results.json --out DIR
 
 Frameworks that do not import here get a venv of their own under $AER_HOME/frameworks (default
 ~/.cache/aer/frameworks), built on first use. Writes results.json, table.md and frameworks.png
@@ -13,6 +14,7 @@ into --out.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -49,8 +51,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/frameworks", help="where results.json, table.md, frameworks.png go")
     p.add_argument("--work-dir", default=None, help="temporary job files (default: a new temp dir, removed after)")
     p.add_argument("--timeout", type=float, default=7200, help="seconds one trainer may run")
+    p.add_argument("--one-by-one", dest="lockstep", action="store_false",
+                   help="run a seed's trainers one after another, not in turns epoch by epoch (the default, "
+                        "which lets every framework's epoch N meet the same load from other processes)")
     p.add_argument("--no-install", dest="install", action="store_false",
                    help="do not build missing venvs: such frameworks become 'not run' rows")
+    p.add_argument("--replot", metavar="RESULTS_JSON", default=None,
+                   help="train nothing: write the table and figure of an earlier run's results.json into --out")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.threads < 1 or not args.seeds:
         p.error("--epochs and --threads must be positive and --seeds not empty")
@@ -60,10 +67,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.replot:
+        try:
+            results = json.loads(Path(args.replot).read_text())
+        except (OSError, ValueError) as e:
+            print(f"error: {args.replot}: not a readable results file ({e})", file=sys.stderr)
+            return 1
+        print(table_markdown(write_outputs(results, Path(args.out))))
+        return 0
     with tempfile.TemporaryDirectory(prefix="aer-frameworks-", dir=args.work_dir) as work:
         try:
             results = run_all(args.frameworks, args.seeds, args.epochs, args.threads, args.data_root, args.cache_dir,
-                              Path(work), install=args.install, timeout=args.timeout, log=log)
+                              Path(work), install=args.install, timeout=args.timeout, lockstep=args.lockstep,
+                              log=log)
         except (ValueError, FileNotFoundError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,22 +69,54 @@ def command(framework: str, python: str, job_dir: Path) -> list[str]:
     return [python, str(TRAINERS / SCRIPTS[framework]), str(job_dir)]
 
 
-def run_trainer(framework: str, python: str, job: dict, job_dir: Path, timeout: float) -> str | None:
-    """Runs one job; None when it finished, else why not (one line)."""
+def start_trainer(framework: str, python: str, job: dict, job_dir: Path) -> subprocess.Popen:
+    """Starts one job's trainer, pinned to the run's CPUs, its output in the job dir."""
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json(job_dir / "job.json", job)
     cpus = pinned_cpus(job["threads"])
     env = {**os.environ, **thread_env(job["threads"]), "PYTHONWARNINGS": "ignore"}
     with open(job_dir / "stdout.txt", "w") as out, open(job_dir / "stderr.txt", "w") as err:
-        try:
-            proc = subprocess.run(command(framework, python, job_dir), stdout=out, stderr=err, env=env,
-                                  timeout=timeout, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-        except subprocess.TimeoutExpired:
-            return f"timed out after {timeout:.0f} s"
+        return subprocess.Popen(command(framework, python, job_dir), stdout=out, stderr=err, env=env,
+                                preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+
+
+def finish_trainer(proc: subprocess.Popen, job_dir: Path, deadline: float) -> str | None:
+    """Waits for a trainer until `deadline` (time.monotonic); None when it finished, else why not."""
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "timed out (--timeout)"
     if proc.returncode:
         lines = [ln for ln in (job_dir / "stderr.txt").read_text().splitlines() if ln.strip()]
         return f"trainer exited {proc.returncode}: {lines[-1].strip() if lines else 'no message'}"
     return None
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, deadline: float) -> bool:
+    """True once `path` exists; False if the trainer exits or the deadline passes first."""
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def take_turns(jobs: list[tuple[subprocess.Popen, Path]], epochs: int, deadline: float) -> None:
+    """Lets the lockstep trainers work one at a time, epoch by epoch (protocol.py: "Taking turns").
+
+    A turn ends when the trainer is ready for its next epoch (or has exited), so the work it does
+    between epochs (aer's checkpoints) falls in its own turn.
+    """
+    for epoch in range(1, epochs + 1):
+        for proc, job_dir in jobs:
+            if _wait_for(job_dir / f"ready_{epoch:03d}", proc, deadline):
+                (job_dir / f"go_{epoch:03d}").touch()
+                if epoch < epochs:
+                    _wait_for(job_dir / f"ready_{epoch + 1:03d}", proc, deadline)
+                else:
+                    finish_trainer(proc, job_dir, deadline)
 
 
 def score_job(job_dir: Path, labels: np.ndarray, keep_probs: bool = False) -> dict:
@@ -109,9 +142,8 @@ def score_job(job_dir: Path, labels: np.ndarray, keep_probs: bool = False) -> di
     return result
 
 
-def run_job(framework: str, python: str, job: dict, job_dir: Path, labels: np.ndarray, timeout: float) -> dict:
-    """One framework, one seed: {"status": "ok", ...result} or {"status": "failed", "error": why}."""
-    why = run_trainer(framework, python, job, job_dir, timeout)
+def collect(job: dict, job_dir: Path, labels: np.ndarray, why: str | None) -> dict:
+    """One finished job: {"status": "ok", ...scored result} or {"status": "failed", "error": why}."""
     if why is None:
         try:
             result = score_job(job_dir, labels)
@@ -125,10 +157,33 @@ def run_job(framework: str, python: str, job: dict, job_dir: Path, labels: np.nd
     return {"status": "failed", "seed": job["seed"], "error": why}
 
 
+def run_job(framework: str, python: str, job: dict, job_dir: Path, labels: np.ndarray, timeout: float) -> dict:
+    """One framework, one seed, alone."""
+    proc = start_trainer(framework, python, {**job, "lockstep": False}, job_dir)
+    return collect(job, job_dir, labels, finish_trainer(proc, job_dir, time.monotonic() + timeout))
+
+
+def run_seed(jobs: dict[str, tuple[str, dict, Path]], labels: np.ndarray, timeout: float, lockstep: bool) -> dict:
+    """The jobs of one seed ({framework: (python, job, job dir)}), in turns or one after another."""
+    if not lockstep or not jobs:
+        return {fw: run_job(fw, py, job, d, labels, timeout) for fw, (py, job, d) in jobs.items()}
+    deadline = time.monotonic() + timeout * len(jobs)  # in turns, each still gets `timeout` in all
+    procs = {fw: start_trainer(fw, py, {**job, "lockstep": True}, d) for fw, (py, job, d) in jobs.items()}
+    try:
+        take_turns([(procs[fw], d) for fw, (_, _, d) in jobs.items()], max(j["epochs"] for _, j, _ in jobs.values()),
+                   deadline)
+    except BaseException:
+        for proc in procs.values():
+            proc.kill()
+        raise
+    whys = {fw: finish_trainer(procs[fw], d, deadline) for fw, (_, _, d) in jobs.items()}
+    return {fw: collect(job, d, labels, whys[fw]) for fw, (_, job, d) in jobs.items()}
+
+
 def run_all(frameworks: list[str], seeds: list[int], epochs: int, threads: int, root: str, cache_dir: str | None,
-            work: Path, install: bool = True, timeout: float = 7200, log=print) -> dict:
-    """Every framework × seed, seed-major so that the frameworks of a seed run back to back under
-    the same machine load; {framework: {"python", "where", "runs": [...]} or {"not_run": why}}."""
+            work: Path, install: bool = True, timeout: float = 7200, lockstep: bool = True, log=print) -> dict:
+    """Every framework × seed, seed-major: a seed's frameworks run in turns, epoch by epoch
+    (`lockstep`), or back to back; {framework: {"python", "where", "runs": [...]} or {"not_run": why}}."""
     data_dir = work / "data"
     labels = prepare_data(root, cache_dir, data_dir)
     n_train = len(np.load(data_dir / "train_y.npy", mmap_mode="r"))
@@ -137,17 +192,17 @@ def run_all(frameworks: list[str], seeds: list[int], epochs: int, threads: int, 
     for fw in frameworks:
         python, where = python_for(fw, install=install, log=log)
         out[fw] = {"python": python, "where": where, "runs": []} if python else {"not_run": where}
+    ready = [fw for fw in frameworks if "not_run" not in out[fw]]
     for seed in seeds:
-        for fw in frameworks:
-            if "not_run" in out[fw]:
-                continue
-            job = {"framework": fw, "data_dir": str(data_dir), "seed": seed, "epochs": epochs, "threads": threads,
-                   **BASE, "data_root": str(root), "cache_dir": cache_dir, "val_fraction": 0.2, "split_seed": 0}
-            log(f"{fw} seed {seed}: {epochs} epoch(s) ({out[fw]['where']})")
-            run = run_job(fw, out[fw]["python"], job, work / f"{fw}-{seed}", labels, timeout)
+        job = {"data_dir": str(data_dir), "seed": seed, "epochs": epochs, "threads": threads, **BASE,
+               "data_root": str(root), "cache_dir": cache_dir, "val_fraction": 0.2, "split_seed": 0}
+        log(f"seed {seed}: {', '.join(ready)}, {epochs} epoch(s) each, " + ("in turns" if lockstep else "one by one"))
+        runs = run_seed({fw: (out[fw]["python"], {**job, "framework": fw}, work / f"{fw}-{seed}") for fw in ready},
+                        labels, timeout, lockstep)
+        for fw, run in runs.items():
             log(f"  {fw} seed {seed}: " + (f"val mAP {run['epochs'][-1]['mAP']:.4f}" if run["status"] == "ok"
                                            else f"failed: {run['error']}"))
             out[fw]["runs"].append(run)
     return {"n_train": n_train, "n_val": int(len(labels)), "threads": threads, "epochs": epochs, "seeds": seeds,
-            "cpus": pinned_cpus(threads), "host_cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "frameworks": out}
+            "lockstep": lockstep, "cpus": pinned_cpus(threads), "host_cpus": os.cpu_count(),
+            "python": sys.version.split()[0], "frameworks": out}

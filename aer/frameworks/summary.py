@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from aer.frameworks.harness import FRAMEWORKS
 from aer.utils import atomic_path, atomic_write_text, write_json
 
 THRESHOLD = 0.20  # "epochs to 0.20 val mAP": how fast each converges, in epochs
@@ -116,8 +117,8 @@ def plot(results: dict, path: Path) -> Path:
 
 def write_outputs(results: dict, out: Path) -> list[dict]:
     """results.json, table.md and frameworks.png in `out`, each written whole or not at all."""
-    rows = [framework_row(n, info, results["n_train"], results["threads"])
-            for n, info in results["frameworks"].items()]
+    order = sorted(results["frameworks"], key=lambda n: FRAMEWORKS.index(n) if n in FRAMEWORKS else len(FRAMEWORKS))
+    rows = [framework_row(n, results["frameworks"][n], results["n_train"], results["threads"]) for n in order]
     write_json(out / "results.json", {**results, "table": rows})
     atomic_write_text(out / "table.md", table_markdown(rows))
     plot(results, out / "frameworks.png")

@@ -17,8 +17,13 @@ each epoch writes (each file under a temporary name, then renamed):
                     "epochs": [{"epoch", "train_s", "eval_s", "elapsed_s", "loss"}, ...]}
 train_s is the epoch's training loop, eval_s the validation pass, elapsed_s the time from the
 start of training to the end of this epoch's validation (all of the framework's work in between
-included). The parent scores each probs file with aer.metrics; a child that exits non-zero
-prints a one-line `error: ...` on stderr.
+included, turns waited for not). The parent scores each probs file with aer.metrics; a child that
+exits non-zero prints a one-line `error: ...` on stderr.
+
+Taking turns (job.json "lockstep": true): the trainers of one seed run at once, and before each
+epoch EEE a child creates `ready_EEE` and waits for the parent to create `go_EEE`. The parent
+lets one child at a time work, epoch by epoch in turn, so that every framework's epoch EEE meets
+the same load from the rest of the machine.
 """
 
 from __future__ import annotations
@@ -92,8 +97,24 @@ class Recorder:
         self.dir = Path(job_dir)
         self.result = {"framework": framework, "versions": versions, "threads": threads, "epochs": []}
         self.t_start = self.t_epoch = self.t_train = None
+        self.waited = 0.0  # seconds spent waiting for turns since training started
+        try:
+            self.lockstep = bool(json.loads((self.dir / "job.json").read_text()).get("lockstep"))
+        except (OSError, ValueError):
+            self.lockstep = False
+
+    def _turn(self, epoch: int) -> None:
+        t = time.perf_counter()
+        (self.dir / f"ready_{epoch:03d}").touch()
+        go = self.dir / f"go_{epoch:03d}"
+        while not go.exists():
+            time.sleep(0.002)
+        if self.t_start is not None:
+            self.waited += time.perf_counter() - t
 
     def epoch_start(self) -> None:
+        if self.lockstep:
+            self._turn(len(self.result["epochs"]) + 1)
         self.t_epoch = time.perf_counter()
         if self.t_start is None:
             self.t_start = self.t_epoch
@@ -108,7 +129,7 @@ class Recorder:
         probs = np.ascontiguousarray(probs, dtype=np.float32)
         _save(self.dir / probs_name(epoch), lambda f: np.save(f, probs))
         epochs.append({"epoch": epoch, "train_s": self.t_train - self.t_epoch, "eval_s": t - self.t_train,
-                       "elapsed_s": t - self.t_start, "loss": float(loss), **extra})
+                       "elapsed_s": t - self.t_start - self.waited, "loss": float(loss), **extra})
         _save(self.dir / "result.json", lambda f: f.write(json.dumps(self.result, indent=1).encode()))
 
 
