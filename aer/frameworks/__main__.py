@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -66,6 +67,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM as an exception, so that the trainers are killed and the work dir removed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.replot:
         try:

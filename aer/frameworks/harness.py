@@ -88,6 +88,9 @@ def finish_trainer(proc: subprocess.Popen, job_dir: Path, deadline: float) -> st
         proc.kill()
         proc.wait()
         return "timed out (--timeout)"
+    except BaseException:  # interrupted: no trainer outlives the harness
+        proc.kill()
+        raise
     if proc.returncode:
         lines = [ln for ln in (job_dir / "stderr.txt").read_text().splitlines() if ln.strip()]
         return f"trainer exited {proc.returncode}: {lines[-1].strip() if lines else 'no message'}"
