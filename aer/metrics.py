@@ -203,10 +203,11 @@ class TaggingMetrics(Metric):
             kwargs["dist_sync_fn"] = dist_sync_fn
         super()._sync_dist(**kwargs)
 
-    def _cat(self):
+    def collected(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scores, labels) gathered so far, each one tensor."""
         cat = lambda v: torch.cat(v) if isinstance(v, list) else v  # noqa: E731 — list before sync, tensor after
         return cat(self.scores), cat(self.labels)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        s = summarize(*self._cat())
+        s = summarize(*self.collected())
         return {k: torch.tensor(float(s[k])) for k in ("mAP", "mAUC", "dprime", "classes_scored")}

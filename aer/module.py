@@ -107,6 +107,11 @@ class Tagger(pl.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         return loss
 
+    @property
+    def epoch_loss(self) -> float:
+        """The mean training loss of the current epoch's batches so far (this rank's)."""
+        return float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
+
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
 

@@ -46,6 +46,15 @@ class ClipBatches(Dataset):
         }
 
 
+def dev_split(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, val rows) of the seeded dev split of `n` clips, each sorted."""
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if n_val == 0 or n_val == n:
+        raise ValueError(f"data.val_fraction={val_fraction} leaves an empty split of {n} clips")
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
 def resolve_split_dir(root: Path, split: str) -> Path:
     for cand in (root / split, root / "audioset_v1_embeddings" / split):
         if cand.is_dir():
@@ -187,11 +196,7 @@ class AudioSetDataModule(pl.LightningDataModule):
         train = self._load_train()
         n = len(train["lengths"])
         if self.mode == "dev":
-            perm = np.random.default_rng(self.split_seed).permutation(n)
-            n_val = int(round(n * self.val_fraction))
-            if n_val == 0 or n_val == n:
-                raise ValueError(f"data.val_fraction={self.val_fraction} leaves an empty split of {n} clips")
-            val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            train_rows, val_rows = dev_split(n, self.val_fraction, self.split_seed)
             self._sets = {"train": self._dataset(train, train_rows), "val": self._dataset(train, val_rows)}
             self._sets["test"] = self._sets["val"]
             self._meta = {"train": train, "val": train, "test": train}

@@ -1,0 +1,175 @@
+"""The framework comparison: the dev split it shares with the DataModule, the trainers' file format,
+the harness end to end on demo data (plain PyTorch, aer and JAX; TensorFlow and MXNet where their
+venvs are ready), and the rows of frameworks that did not run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aer.data.datamodule import AudioSetDataModule, dev_split
+from aer.frameworks import envs, harness, summary
+from aer.frameworks.trainers import protocol
+from conftest import ROOT, TINY
+
+
+@pytest.fixture(scope="module")
+def data(demo_root, tmp_path_factory):
+    """The demo set's dev split as the trainers read it: (data dir, val labels, cache dir)."""
+    tmp = tmp_path_factory.mktemp("fw")
+    labels = harness.prepare_data(str(demo_root), str(tmp / "cache"), tmp / "data")
+    return tmp / "data", labels, tmp / "cache"
+
+
+def _job(data_dir, framework="torch", **kw) -> dict:
+    return {"framework": framework, "data_dir": str(data_dir), "seed": 1, "epochs": 1, "threads": 1,
+            **harness.BASE, "batch_size": 100, **kw}
+
+
+def test_dev_split_is_the_datamodules(demo_root, data):
+    dm = AudioSetDataModule(root=str(demo_root), cache_dir=str(data[2]), val_fraction=0.2, split_seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    train, val = dev_split(TINY, 0.2, 0)
+    assert np.array_equal(dm._sets["train"].rows.numpy(), train)
+    assert np.array_equal(dm._sets["val"].rows.numpy(), val)
+    assert len(train) + len(val) == TINY and not np.intersect1d(train, val).size
+    # the harness's arrays are the DataModule's clips
+    assert np.array_equal(np.load(data[0] / "val_x.npy"), dm._sets["val"].features.numpy()[val])
+    assert np.array_equal(data[1], dm._sets["val"].labels.numpy()[val].astype(bool))
+    with pytest.raises(ValueError, match="empty split"):
+        dev_split(3, 0.01, 0)
+
+
+def test_protocol_reads_what_the_harness_writes_and_names_bad_files(data, tmp_path):
+    x, y, v = protocol.load_inputs(_job(data[0]))
+    assert x.shape == (len(y), 1280) and v.shape == (len(data[1]), 1280)
+    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    (tmp_path / "job.json").write_text(json.dumps({"framework": "torch"}))
+    with pytest.raises(ValueError, match=r"job\.json: missing key\(s\) data_dir"):
+        protocol.read_job(tmp_path)
+    np.save(tmp_path / "train_x.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"train_x\.npy: expected a 3-d uint8 array, got 2-d float32"):
+        protocol.load_array(tmp_path, "train_x")
+
+
+def test_recorder_files_are_scored_by_aer_metrics(data, tmp_path):
+    labels = data[1]
+    rec = protocol.Recorder(tmp_path, "fake", {"numpy": np.__version__}, {})
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        rec.epoch_start()
+        rec.train_end()
+        rec.eval_end(rng.random(labels.shape), loss=0.5)
+    perfect = labels.astype(np.float32)
+    np.save(tmp_path / protocol.probs_name(2), perfect)
+    result = harness.score_job(tmp_path, labels)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    assert result["epochs"][1]["mAP"] == pytest.approx(1.0) and result["epochs"][0]["mAP"] < 0.5
+    assert not list(tmp_path.glob("probs_*.npy"))  # scored, then removed
+    with pytest.raises(ValueError, match=r"probs_001\.npy: not a readable \.npy file"):
+        harness.score_job(tmp_path, labels)  # the scored files are gone
+    bad = protocol.Recorder(tmp_path / "bad", "fake", {}, {})
+    (tmp_path / "bad").mkdir()
+    bad.epoch_start()
+    bad.train_end()
+    bad.eval_end(np.zeros((3, 4)), loss=0.1)
+    with pytest.raises(ValueError, match=r"probs_001\.npy: probabilities of shape \(3, 4\)"):
+        harness.score_job(tmp_path / "bad", labels)
+
+
+def test_torch_aer_and_jax_one_epoch_on_demo_data(demo_root, tmp_path):
+    """The command itself, as in CI: plain PyTorch, aer and JAX (from the test extra) for one epoch."""
+    if envs.import_error(sys.executable, envs.MODULES["jax"]):
+        pytest.skip("jax, flax and optax are not installed here (they come with the `test` extra)")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "aer.frameworks", "--frameworks", "torch,aer,jax", "--seeds", "1",
+                           "--epochs", "1", "--data-root", str(demo_root), "--cache-dir", str(tmp_path / "cache"),
+                           "--out", str(out), "--work-dir", str(tmp_path), "--no-install"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["framework"]: r for r in results["table"]}
+    for fw in ("torch", "aer", "jax"):
+        assert rows[fw]["seeds"] == 1 and 0.0 < rows[fw]["mAP"][0] < 1.0, rows[fw]
+        assert rows[fw]["train_s_epoch"] > 0 and rows[fw]["eval_s_epoch"] > 0
+    aer_epoch = results["frameworks"]["aer"]["runs"][0]["epochs"][0]
+    # the parent's score of aer's probabilities is the val/mAP aer logged itself
+    assert aer_epoch["mAP"] == pytest.approx(aer_epoch["aer_val_mAP"], abs=1e-6)
+    assert "| jax | 1 |" in (out / "table.md").read_text()
+    assert (out / "frameworks.png").stat().st_size > 0
+
+
+def test_trainers_take_turns_epoch_by_epoch(demo_root, data, tmp_path):
+    jobs = {fw: (sys.executable, _job(data[0], fw, epochs=2, data_root=str(demo_root), cache_dir=str(data[2]),
+                                      val_fraction=0.2, split_seed=0), tmp_path / fw) for fw in ("torch", "aer")}
+    runs = harness.run_seed(jobs, data[1], timeout=600, lockstep=True)
+    assert [r["status"] for r in runs.values()] == ["ok", "ok"], runs
+    t = lambda fw, name: (tmp_path / fw / name).stat().st_mtime_ns  # noqa: E731
+    # each trainer's turn (go_E until it is ready for E+1) ends before the next one's begins
+    order = [t("torch", "go_001"), t("torch", "ready_002"), t("aer", "go_001"), t("aer", "ready_002"),
+             t("torch", "go_002")]
+    assert order == sorted(order)
+    for run in runs.values():  # time spent waiting for the other's turn is not the trainer's
+        e = run["epochs"]
+        assert e[1]["elapsed_s"] - e[0]["elapsed_s"] < 1.5 * (e[1]["train_s"] + e[1]["eval_s"]) + 1.0
+
+
+@pytest.mark.parametrize("framework", ["tensorflow", "mxnet"])
+def test_other_trainers_one_epoch(framework, data, tmp_path):
+    python, where = envs.python_for(framework, install=False)
+    if python is None:
+        pytest.skip(f"{framework}: {where}; `python -m aer.frameworks --frameworks {framework}` builds it")
+    run = harness.run_job(framework, python, _job(data[0], framework), tmp_path, data[1], timeout=900)
+    assert run["status"] == "ok", run
+    assert len(run["epochs"]) == 1 and 0.0 < run["epochs"][0]["mAP"] < 1.0
+    assert run["versions"][{"tensorflow": "keras", "mxnet": "mxnet"}[framework]]
+
+
+def test_missing_framework_and_failed_trainer_are_not_run_rows(demo_root, data, tmp_path, monkeypatch):
+    if envs.import_error(sys.executable, envs.MODULES["mxnet"]) is None:
+        pytest.skip("mxnet imports in this interpreter, so it cannot stand for a missing framework")
+    monkeypatch.setenv("AER_HOME", str(tmp_path / "home"))  # no venvs there
+    results = harness.run_all(["mxnet"], [1], 1, 1, str(demo_root), str(data[2]), tmp_path / "work", install=False,
+                              log=lambda m: None)
+    failed = harness.run_job("torch", sys.executable, _job(tmp_path / "nowhere"), tmp_path / "job", data[1], 60)
+    assert failed["status"] == "failed" and "train_x.npy: not a readable .npy file" in failed["error"]
+    results["frameworks"]["torch"] = {"where": "this interpreter", "runs": [failed]}
+    rows = {r["framework"]: r for r in summary.write_outputs(results, tmp_path / "out")}
+    why = rows["mxnet"]["not_run"]
+    assert why.startswith("mxnet not importable here") and "--no-install" in why
+    assert rows["torch"]["not_run"].startswith("seed 1: trainer exited 1: error:")
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.count("not run: ") == 2 and "±" not in table
+
+
+def test_table_means_and_sds_over_seeds(tmp_path):
+    def run(seed, maps):
+        return {"status": "ok", "seed": seed, "versions": {"torch": "x"}, "epochs": [
+            {"epoch": i + 1, "mAP": m, "mAUC": 0.9, "train_s": 2.0 + i, "eval_s": 0.5, "elapsed_s": 3.0 * (i + 1)}
+            for i, m in enumerate(maps)]}
+
+    results = {"n_train": 1000, "n_val": 10, "threads": 2, "frameworks": {
+        "torch": {"where": "here", "runs": [run(1, [0.1, 0.2, 0.2]), run(2, [0.1, 0.15, 0.3])]}}}
+    (row,) = summary.write_outputs(results, tmp_path)
+    assert row["train_s_epoch"] == 3.5 and row["clips_per_s"] == pytest.approx(1000 / 3.5)
+    assert row["epochs_to_threshold"] == [2, 3]
+    want = "| torch | 2 | 0.2500 ± 0.0707 | 0.9000 ± 0.0000 | 2.5 | 3.50 | 3.00 | 0.500 | 286 | 9.0 | 2 | torch x |"
+    assert want in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "frameworks.png").stat().st_size > 0
+
+
+def test_build_venv_once_then_reused(tmp_path):
+    venv, said = tmp_path / "v", []
+    assert envs.build_venv(venv, [], ["json"], log=said.append) is None
+    assert envs.ready(venv, []) and not envs.ready(venv, ["something-else"])
+    assert envs.import_error(envs.venv_python(venv), ["json"]) is None
+    assert envs.build_venv(venv, [], ["json"], log=said.append) is None
+    assert len([m for m in said if m.startswith("creating")]) == 1
+    assert envs.import_error(sys.executable, ["no_such_module_aer"]).startswith("ModuleNotFoundError")
+    assert os.path.exists(f"{venv}.lock")
