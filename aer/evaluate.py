@@ -1,8 +1,12 @@
 """Scoring one checkpoint: mAP, mAUC, d′ on the eval split (or the dev 20%), per class, with predictions.
 
 Writes into the run dir:
-  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored (+ what was scored)
-  per_class.csv   index, mid, name, positives, AP, AUC (AP/AUC empty for classes without positives)
+  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored (+ what was scored), the
+                  bootstrap intervals test/{mAP,mAUC,dprime}_ci_{low,high}, and per top-level
+                  ontology category test/category/<name>/{mAP,mAUC}
+  per_class.csv   index, mid, name, positives, train_positives, AP, AUC (AP/AUC empty for classes
+                  without positives; train_positives: in the clips the model was trained on)
+  per_category.csv  id, name, classes, classes_scored, mAP, mAUC (when data.root holds ontology.json)
   predictions.h5  probs float32 (N, C), labels bool (N, C), video_id (N,)
 "test/" names the scored split whichever it is (`split` says which), as `trainer.test` does.
 
@@ -46,6 +50,18 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("ckpt is missing: give the checkpoint to score, e.g. "
                          "python evaluate.py ckpt=outputs/train/runs/<run>/checkpoints/best.ckpt")
     check_split(cfg.get("split"))
+    check_bootstrap(cfg)
+
+
+def check_bootstrap(cfg: DictConfig) -> None:
+    boot = cfg.get("bootstrap") or {}
+    reps, level, seed = boot.get("replicates"), boot.get("level"), boot.get("seed")
+    if not isinstance(reps, int) or isinstance(reps, bool) or reps < 0:
+        raise ValueError(f"bootstrap.replicates={reps!r}: expected a whole number of resamples (0: no intervals)")
+    if not isinstance(level, float) or not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap.level={level!r}: expected a confidence level between 0 and 1, e.g. 0.95")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"bootstrap.seed={seed!r}: expected an integer")
 
 
 def data_overrides(cfg: DictConfig) -> dict:
@@ -78,46 +94,89 @@ def _num(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.10g}"
 
 
-def write_per_class(path: Path, summary: dict, class_names: list[tuple[str, str]]) -> None:
+def write_per_class(path: Path, summary: dict, class_names: list[tuple[str, str]],
+                    train_positives: np.ndarray | None) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["index", "mid", "name", "positives", "AP", "AUC"])
+    w.writerow(["index", "mid", "name", "positives", "train_positives", "AP", "AUC"])
     ap, auc, pos = summary["ap"].tolist(), summary["auc"].tolist(), summary["positives"].tolist()
     for i, (mid, name) in enumerate(class_names):
-        w.writerow([i, mid, name, pos[i], _num(ap[i]), _num(auc[i])])
+        train = "" if train_positives is None else int(train_positives[i])
+        w.writerow([i, mid, name, pos[i], train, _num(ap[i]), _num(auc[i])])
     atomic_write_text(path, buf.getvalue())
 
 
-def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, video_ids,
-                 class_names: list[tuple[str, str]], info: Mapping) -> tuple[dict, dict]:
-    """Scores `probs` and writes the three outputs (metrics.json last: it marks the run complete).
+def write_per_category(out: Path, root: Path, summary: dict, class_names: list[tuple[str, str]]) -> dict:
+    """per_category.csv and the metrics.json entries, from root/ontology.json; {} when it is absent."""
+    from aer.ontology import ONTOLOGY_FILE, category_scores, read_ontology, top_level_classes
+
+    path = Path(root) / ONTOLOGY_FILE
+    if not path.exists():
+        log.info("%s not found: no per-category metrics", path)
+        return {}
+    cats = top_level_classes(read_ontology(path), [mid for mid, _ in class_names])
+    rows = category_scores(cats, summary["ap"].numpy(), summary["auc"].numpy())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "name", "classes", "classes_scored", "mAP", "mAUC"])
+    for r in rows:
+        w.writerow([r["id"], r["name"], r["classes"], r["classes_scored"], _num(r["mAP"]), _num(r["mAUC"])])
+    atomic_write_text(out / "per_category.csv", buf.getvalue())
+    return {f"test/category/{r['name']}/{k}": r[k] for r in rows for k in ("mAP", "mAUC")}
+
+
+def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, video_ids, dm,
+                 info: Mapping, boot: Mapping | None = None) -> tuple[dict, dict]:
+    """Scores `probs` on the clips `dm` served and writes the outputs (metrics.json last: it marks the
+    run complete). `boot`: {replicates, level, seed} of the bootstrap intervals (none when replicates is 0).
 
     Returns (what metrics.json holds, the full `aer.metrics.summarize` result).
     """
     import torch
 
-    from aer.metrics import summarize
+    from aer.metrics import bootstrap_ci, summarize
 
     out = Path(out_dir)
+    class_names = dm.class_names()
     if len(class_names) != probs.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {probs.shape[1]} classes")
-    summary = summarize(torch.from_numpy(probs), torch.from_numpy(labels))
+    probs_t, labels_t = torch.from_numpy(probs), torch.from_numpy(labels)
+    summary = summarize(probs_t, labels_t)
     write_predictions(out / "predictions.h5", probs, labels, video_ids,
                       {"split": info.get("split", ""), "source": info.get("ckpt", info.get("members", ""))})
-    write_per_class(out / "per_class.csv", summary, class_names)
+    write_per_class(out / "per_class.csv", summary, class_names, dm.train_positives())
     metrics = {"status": "ok", **{f"test/{k}": summary[k] for k in
                                   ("mAP", "mAUC", "dprime", "classes_scored", "classes_unscored")},
                "clips": int(len(probs)), **info}
+    if boot and boot.get("replicates"):
+        t0 = time.time()
+        ci = bootstrap_ci(probs_t, labels_t, boot["replicates"], boot["level"], boot["seed"])
+        metrics.update({f"test/{k}": v for k, v in ci.items()})
+        metrics.update({"bootstrap_replicates": boot["replicates"], "bootstrap_level": boot["level"],
+                        "bootstrap_seed": boot["seed"]})
+        log.info("bootstrap intervals from %d replicates in %.1f s", boot["replicates"], time.time() - t0)
+    metrics.update(write_per_category(out, dm.root, summary, class_names))
     write_json(out / "metrics.json", metrics)
     return metrics, summary
 
 
 def format_scores(metrics: Mapping, num_classes: int) -> str:
-    return (f"mAP  {metrics['test/mAP']:.4f}\n"
-            f"mAUC {metrics['test/mAUC']:.4f}\n"
-            f"d'   {metrics['test/dprime']:.4f}\n"
-            f"classes scored: {metrics['test/classes_scored']} of {num_classes} "
-            f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)")
+    level = metrics.get("bootstrap_level")
+
+    def line(label: str, key: str) -> str:
+        text = f"{label} {metrics[key]:.4f}"
+        if level is not None and f"{key}_ci_low" in metrics:
+            text += f"  [{level:.0%} CI {metrics[key + '_ci_low']:.4f}, {metrics[key + '_ci_high']:.4f}]"
+        return text
+
+    lines = [line("mAP ", "test/mAP"), line("mAUC", "test/mAUC"), line("d'  ", "test/dprime"),
+             f"classes scored: {metrics['test/classes_scored']} of {num_classes} "
+             f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)"]
+    cats = sorted({k.split("/")[2] for k in metrics if k.startswith("test/category/")})
+    for name in cats:
+        lines.append(f"  {name:<40} mAP {metrics[f'test/category/{name}/mAP']:.4f}  "
+                     f"mAUC {metrics[f'test/category/{name}/mAUC']:.4f}")
+    return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -129,8 +188,6 @@ def run(cfg: DictConfig) -> dict:
     overrides = data_overrides(cfg)
 
     from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, predict_split, tagger_from_checkpoint
-    from aer.data.datamodule import read_class_labels
-
     ckpt = load_checkpoint(ckpt_path)
     model = tagger_from_checkpoint(ckpt, str(ckpt_path))
     dm = datamodule_from_checkpoint(ckpt, overrides, split, source=str(ckpt_path))
@@ -139,7 +196,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     info = {"split": split, "ckpt": str(ckpt_path), "net": model.hparams.net, "data_root": str(dm.root),
             "seconds": round(time.time() - t0, 2)}
-    metrics, _ = write_report(out_dir, probs, labels, video_ids, read_class_labels(dm.root, dm.num_classes), info)
+    metrics, _ = write_report(out_dir, probs, labels, video_ids, dm, info, cfg.get("bootstrap"))
     print(f"{ckpt_path} on split={split} ({len(probs)} clips from {dm.root})\n"
           f"{format_scores(metrics, probs.shape[1])}\nwrote {out_dir}/metrics.json, per_class.csv, predictions.h5",
           flush=True)

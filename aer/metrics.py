@@ -10,6 +10,7 @@ torchmetrics' state handling and DDP synchronisation. Definitions match scikit-l
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torchmetrics import Metric
@@ -129,3 +130,161 @@ class TaggingMetrics(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         s = summarize(*self._cat())
         return {k: torch.tensor(float(s[k])) for k in ("mAP", "mAUC", "dprime", "classes_scored")}
+
+
+# ---- bootstrap: clips resampled with replacement, every replicate scored exactly
+#
+# A replicate is a vector of counts (how often each clip was drawn). Its AP and AUC depend only
+# on, for each group of tied positive scores of a class, the drawn weight of its positives, of the
+# negatives tied with it, and of the negatives between it and the group above. Those three sums
+# per group are one sparse (rows × clips) matrix built from one sort of the scores, times the
+# (clips × replicates) counts: replicates are scored in batches without resorting anything.
+
+BOOT_REPLICATES = 1000
+_BOOT_CHUNK = 50  # replicates drawn and scored together; fixed, so the draws depend on the seed only
+
+
+def resample_counts(n: int, replicates: int = BOOT_REPLICATES, seed: int = 0):
+    """Yields (k, n) float32 matrices: how often each of n clips is drawn in each of k replicates."""
+    g = torch.Generator().manual_seed(int(seed))
+    for start in range(0, replicates, _BOOT_CHUNK):
+        k = min(_BOOT_CHUNK, replicates - start)
+        idx = torch.randint(0, n, (k, n), generator=g)
+        yield torch.zeros(k, n).scatter_add_(1, idx, torch.ones(k, n))
+
+
+class _Groups:
+    """One class block's tied-positive groups as a sparse matrix. For group g of G: row g picks out
+    the negatives above it (and below the class's previous group), row G + g the negatives tied
+    with it, row 2G + g its positives."""
+
+    def __init__(self, scores: torch.Tensor, labels: torch.Tensor):
+        s, order = torch.sort(scores.t().contiguous(), dim=1, descending=True)
+        y = torch.gather(labels.t().contiguous(), 1, order).long()
+        start = torch.ones_like(y)
+        start[:, 1:] = (s[:, 1:] != s[:, :-1]).long()
+        tie = torch.cumsum(start, 1) - 1  # tie-group index along each class's sorted row
+        haspos = torch.zeros_like(y).scatter_reduce_(1, tie, y, "amax")  # per tie group
+        above = (torch.cumsum(haspos, 1) - haspos).gather(1, tie)  # positive groups strictly above
+        tied = haspos.gather(1, tie).bool()
+        self.m = haspos.sum(1)  # positive groups per class
+        first = torch.cumsum(self.m, 0) - self.m
+        self.n_groups = n_groups = int(self.m.sum())
+        group = first[:, None] + above
+        kind = torch.where(y.bool(), 2, tied.long())
+        keep = y.bool() | tied | (above < self.m[:, None])  # negatives below every positive never count
+        # group grows along the flattened (class, rank) order, so taking each kind in that order
+        # lists the rows sorted: CSR without a sort
+        rows, cols = [], []
+        for k in range(3):
+            sel = keep & (kind == k)
+            rows.append(group[sel] + k * n_groups)
+            cols.append(order[sel])
+        rows, cols = torch.cat(rows), torch.cat(cols)
+        crow = torch.zeros(3 * n_groups + 1, dtype=torch.int64)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=3 * n_groups), 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            self.matrix = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols)), (3 * n_groups, s.shape[1]))
+        self.cls = torch.repeat_interleave(torch.arange(len(self.m)), self.m)  # class of each group
+        self.first = first[self.cls]  # each group's class's first group
+
+    def _within(self, x: torch.Tensor) -> torch.Tensor:
+        """Cumulative sums down the groups, restarting at each class."""
+        cs = torch.cumsum(x, 0)
+        return cs - (cs - x)[self.first]
+
+    def score(self, counts_t: torch.Tensor, n_drawn: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(AP, AUC) per class (C, k) for the replicates in `counts_t` (n, k); NaN where unscorable."""
+        k, g = counts_t.shape[1], self.n_groups
+        sums = torch.sparse.mm(self.matrix, counts_t).double()
+        gap, tied, pos = sums[:g], sums[g:2 * g], sums[2 * g:]
+        neg_above = self._within(gap + tied) - tied
+        tp = self._within(pos)
+        prec = torch.where(pos > 0, tp / (tp + neg_above + tied).clamp_min(1e-300), 0.0)
+        zeros = torch.zeros(len(self.m), k, dtype=torch.float64)
+        p = zeros.index_add(0, self.cls, pos)
+        neg = n_drawn - p
+        ap = zeros.index_add(0, self.cls, pos * prec) / p
+        auc = zeros.index_add(0, self.cls, pos * (neg[self.cls] - neg_above - tied / 2)) / (p * neg)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        return torch.where(p > 0, ap, nan), torch.where((p > 0) & (neg > 0), auc, nan)
+
+
+def bootstrap(scores: torch.Tensor | list[torch.Tensor], labels: torch.Tensor,
+              replicates: int = BOOT_REPLICATES, seed: int = 0) -> dict[str, torch.Tensor]:
+    """mAP, mAUC and d′ of `replicates` resamples of the clips: each (models, replicates).
+
+    `scores` is one (N, C) tensor or a list of them (several models scored on the same draws, for
+    paired comparisons). Each replicate is scored as `summarize` scores the resampled clips:
+    classes with no drawn positive are left out of that replicate's means.
+    """
+    many = isinstance(scores, (list, tuple))
+    models = list(scores) if many else [scores]
+    for s in models:
+        if s.shape != labels.shape or s.ndim != 2:
+            raise ValueError(f"scores {tuple(s.shape)} and labels {tuple(labels.shape)} must be equal (N, C)")
+    if replicates < 1:
+        raise ValueError(f"replicates={replicates}: expected a positive number of bootstrap replicates")
+    n, c = labels.shape
+    step = max(1, _BLOCK_ELEMENTS // max(1, n))  # class blocks, as in per_class_scores
+    groups = [[_Groups(s[:, lo:lo + step].float(), labels[:, lo:lo + step].bool()) for lo in range(0, c, step)]
+              for s in models]
+    sums = {k: torch.zeros(len(models), replicates, dtype=torch.float64) for k in ("ap", "auc", "nap", "nauc")}
+    done = 0
+    for counts in resample_counts(n, replicates, seed):
+        counts_t, k = counts.t().contiguous(), counts.shape[0]
+        for i, blocks in enumerate(groups):
+            for g in blocks:
+                ap, auc = g.score(counts_t, float(n))
+                for key, v in (("ap", ap), ("auc", auc)):
+                    ok = ~torch.isnan(v)
+                    sums[key][i, done:done + k] += torch.where(ok, v, 0.0).sum(0)
+                    sums["n" + key][i, done:done + k] += ok.sum(0)
+        done += k
+    m_ap, m_auc = sums["ap"] / sums["nap"], sums["auc"] / sums["nauc"]
+    d = math.sqrt(2.0) * torch.special.ndtri(m_auc)
+    return {"mAP": m_ap, "mAUC": m_auc, "dprime": d}
+
+
+def interval(values: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap values: the central `level` share of them."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level}: expected a confidence level between 0 and 1, e.g. 0.95")
+    v = values[~torch.isnan(values)].double()
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(v, q).tolist()
+    return lo, hi
+
+
+BOOT_METRICS = ("mAP", "mAUC", "dprime")
+
+
+def bootstrap_ci(scores: torch.Tensor, labels: torch.Tensor, replicates: int = BOOT_REPLICATES,
+                 level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """{mAP_ci_low, mAP_ci_high, mAUC_..., dprime_...}: percentile intervals over resampled clips."""
+    reps = bootstrap(scores, labels, replicates, seed)
+    out = {}
+    for k in BOOT_METRICS:
+        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = interval(reps[k][0], level)
+    return out
+
+
+def paired_bootstrap(scores_a: torch.Tensor, scores_b: torch.Tensor, labels: torch.Tensor,
+                     replicates: int = BOOT_REPLICATES, level: float = 0.95, seed: int = 0) -> dict[str, dict]:
+    """B − A on the same resampled clips, per metric: the observed difference, its interval and a
+    two-sided p-value for "no difference" (twice the smaller share of replicates on either side of 0)."""
+    reps = bootstrap([scores_a, scores_b], labels, replicates, seed)
+    sa, sb = summarize(scores_a, labels), summarize(scores_b, labels)
+    out = {}
+    for k in BOOT_METRICS:
+        diff = reps[k][1] - reps[k][0]
+        diff = diff[~torch.isnan(diff)]
+        lo, hi = interval(diff, level)
+        below, above = int((diff <= 0).sum()), int((diff >= 0).sum())
+        p = min(1.0, 2 * (min(below, above) + 1) / (len(diff) + 1))
+        out[k] = {"a": sa[k], "b": sb[k], "diff": sb[k] - sa[k], "ci_low": lo, "ci_high": hi, "p": p,
+                  "replicates": int(len(diff))}
+    return out

@@ -75,7 +75,7 @@ def test_predictions_h5_layout(evaluated, demo_root):
 def test_per_class_csv(evaluated, demo_root):
     with open(evaluated / "per_class.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["index", "mid", "name", "positives", "AP", "AUC"]
+    assert list(rows[0]) == ["index", "mid", "name", "positives", "train_positives", "AP", "AUC"]
     names = read_class_labels(demo_root)
     assert [(r["mid"], r["name"]) for r in rows] == names and [int(r["index"]) for r in rows] == list(range(527))
     with h5py.File(evaluated / "predictions.h5") as f:

@@ -275,9 +275,13 @@ def load_split(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return load_splits([path])
 
 
-def load_splits(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
+SPLIT_ARRAYS = ("features", "labels", "lengths", "start_time", "end_time", "video_id")
+
+
+def load_splits(paths: list[str | os.PathLike], arrays: tuple[str, ...] = SPLIT_ARRAYS) -> dict[str, np.ndarray]:
     """Converted splits read into memory as one, in order (features stay uint8, labels bool); each
-    array is allocated once, not loaded per split and concatenated, which would hold every clip twice."""
+    array is allocated once, not loaded per split and concatenated, which would hold every clip twice.
+    `arrays` names the ones to read (e.g. only labels)."""
     files = []
     try:
         for path in map(Path, paths):
@@ -292,7 +296,7 @@ def load_splits(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
             raise ValueError(f"{', '.join(map(str, paths))}: the splits have different numbers of classes")
         ends = np.cumsum([0] + [f["lengths"].shape[0] for f in files])
         out = {}
-        for name in ("features", "labels", "lengths", "start_time", "end_time"):
+        for name in (a for a in SPLIT_ARRAYS[:-1] if a in arrays):
             d0 = files[0][name]
             out[name] = np.empty((ends[-1], *d0.shape[1:]), dtype=np.int64 if name == "lengths" else d0.dtype)
             for f, a, b in zip(files, ends[:-1], ends[1:]):
@@ -301,7 +305,8 @@ def load_splits(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
                         out[name][a:b] = f[name][()]
                     else:
                         f[name].read_direct(out[name], dest_sel=np.s_[a:b])
-        out["video_id"] = np.concatenate([f["video_id"].asstr()[()] for f in files])
+        if "video_id" in arrays:
+            out["video_id"] = np.concatenate([f["video_id"].asstr()[()] for f in files])
         return out
     finally:
         for f in files:
