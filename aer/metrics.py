@@ -186,29 +186,67 @@ class _Groups:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             self.matrix = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols)), (3 * n_groups, s.shape[1]))
-        self.cls = torch.repeat_interleave(torch.arange(len(self.m)), self.m)  # class of each group
-        self.first = first[self.cls]  # each group's class's first group
-
-    def _within(self, x: torch.Tensor) -> torch.Tensor:
-        """Cumulative sums down the groups, restarting at each class."""
-        cs = torch.cumsum(x, 0)
-        return cs - (cs - x)[self.first]
+        last = torch.cumsum(self.m, 0) - 1
+        self.scored = self.m > 0  # classes with positives: the only ones with groups
+        self.first_c, self.last_c = first[self.scored], last[self.scored]
+        self.first = torch.repeat_interleave(first, self.m)  # each group's class's first group
 
     def score(self, counts_t: torch.Tensor, n_drawn: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(AP, AUC) per class (C, k) for the replicates in `counts_t` (n, k); NaN where unscorable."""
         k, g = counts_t.shape[1], self.n_groups
-        sums = torch.sparse.mm(self.matrix, counts_t).double()
-        gap, tied, pos = sums[:g], sums[g:2 * g], sums[2 * g:]
-        neg_above = self._within(gap + tied) - tied
-        tp = self._within(pos)
+        # (k, groups) rows: the running sums below go along the contiguous axis
+        sums = torch.sparse.mm(self.matrix, counts_t).t().double().contiguous()
+        gap, tied, pos = sums[:, :g], sums[:, g:2 * g], sums[:, 2 * g:]
+
+        def within(x):  # cumulative sums along each class's groups
+            cs = torch.cumsum(x, 1)
+            return cs - (cs - x)[:, self.first]
+
+        def per_class(x):  # the sum over each class's groups
+            cs = torch.cumsum(x, 1)
+            return cs[:, self.last_c] - (cs - x)[:, self.first_c]
+
+        neg_above = within(gap + tied) - tied
+        tp = within(pos)
+        p = tp[:, self.last_c]
         prec = torch.where(pos > 0, tp / (tp + neg_above + tied).clamp_min(1e-300), 0.0)
-        zeros = torch.zeros(len(self.m), k, dtype=torch.float64)
-        p = zeros.index_add(0, self.cls, pos)
         neg = n_drawn - p
-        ap = zeros.index_add(0, self.cls, pos * prec) / p
-        auc = zeros.index_add(0, self.cls, pos * (neg[self.cls] - neg_above - tied / 2)) / (p * neg)
+        ap = per_class(pos * prec) / p
+        auc = (neg * p - per_class(pos * (neg_above + tied / 2))) / (p * neg)
         nan = torch.tensor(float("nan"), dtype=torch.float64)
-        return torch.where(p > 0, ap, nan), torch.where((p > 0) & (neg > 0), auc, nan)
+        out_ap = torch.full((len(self.m), k), float("nan"), dtype=torch.float64)
+        out_auc = out_ap.clone()
+        out_ap[self.scored] = torch.where(p > 0, ap, nan).t()
+        out_auc[self.scored] = torch.where((p > 0) & (neg > 0), auc, nan).t()
+        return out_ap, out_auc
+
+
+def bootstrap_classes(scores: list[torch.Tensor], labels: torch.Tensor, replicates: int = BOOT_REPLICATES,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class AP and AUC of `replicates` resamples of the clips, each (models, C, replicates).
+
+    Every model in `scores` (each (N, C)) is scored on the same draws; NaN where a replicate drew no
+    positive (AUC also: no negative) of a class.
+    """
+    for s in scores:
+        if s.shape != labels.shape or s.ndim != 2:
+            raise ValueError(f"scores {tuple(s.shape)} and labels {tuple(labels.shape)} must be equal (N, C)")
+    if not isinstance(replicates, int) or replicates < 1:
+        raise ValueError(f"replicates={replicates!r}: expected a positive number of bootstrap replicates")
+    n, c = labels.shape
+    step = max(1, _BLOCK_ELEMENTS // max(1, n))  # class blocks, as in per_class_scores
+    blocks = range(0, c, step)
+    groups = [[_Groups(s[:, lo:lo + step].float(), labels[:, lo:lo + step].bool()) for lo in blocks] for s in scores]
+    ap = torch.empty(len(scores), c, replicates, dtype=torch.float64)
+    auc = torch.empty_like(ap)
+    done = 0
+    for counts in resample_counts(n, replicates, seed):
+        counts_t, k = counts.t().contiguous(), counts.shape[0]
+        for i, model in enumerate(groups):
+            for lo, g in zip(blocks, model):
+                ap[i, lo:lo + step, done:done + k], auc[i, lo:lo + step, done:done + k] = g.score(counts_t, float(n))
+        done += k
+    return ap, auc
 
 
 def bootstrap(scores: torch.Tensor | list[torch.Tensor], labels: torch.Tensor,
@@ -219,32 +257,10 @@ def bootstrap(scores: torch.Tensor | list[torch.Tensor], labels: torch.Tensor,
     paired comparisons). Each replicate is scored as `summarize` scores the resampled clips:
     classes with no drawn positive are left out of that replicate's means.
     """
-    many = isinstance(scores, (list, tuple))
-    models = list(scores) if many else [scores]
-    for s in models:
-        if s.shape != labels.shape or s.ndim != 2:
-            raise ValueError(f"scores {tuple(s.shape)} and labels {tuple(labels.shape)} must be equal (N, C)")
-    if replicates < 1:
-        raise ValueError(f"replicates={replicates}: expected a positive number of bootstrap replicates")
-    n, c = labels.shape
-    step = max(1, _BLOCK_ELEMENTS // max(1, n))  # class blocks, as in per_class_scores
-    groups = [[_Groups(s[:, lo:lo + step].float(), labels[:, lo:lo + step].bool()) for lo in range(0, c, step)]
-              for s in models]
-    sums = {k: torch.zeros(len(models), replicates, dtype=torch.float64) for k in ("ap", "auc", "nap", "nauc")}
-    done = 0
-    for counts in resample_counts(n, replicates, seed):
-        counts_t, k = counts.t().contiguous(), counts.shape[0]
-        for i, blocks in enumerate(groups):
-            for g in blocks:
-                ap, auc = g.score(counts_t, float(n))
-                for key, v in (("ap", ap), ("auc", auc)):
-                    ok = ~torch.isnan(v)
-                    sums[key][i, done:done + k] += torch.where(ok, v, 0.0).sum(0)
-                    sums["n" + key][i, done:done + k] += ok.sum(0)
-        done += k
-    m_ap, m_auc = sums["ap"] / sums["nap"], sums["auc"] / sums["nauc"]
-    d = math.sqrt(2.0) * torch.special.ndtri(m_auc)
-    return {"mAP": m_ap, "mAUC": m_auc, "dprime": d}
+    models = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    ap, auc = bootstrap_classes(models, labels, replicates, seed)
+    m_ap, m_auc = ap.nanmean(1), auc.nanmean(1)
+    return {"mAP": m_ap, "mAUC": m_auc, "dprime": math.sqrt(2.0) * torch.special.ndtri(m_auc)}
 
 
 def interval(values: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
