@@ -38,20 +38,44 @@ def _data(n: int, c: int, seed: int, ties: bool = True) -> tuple[torch.Tensor, t
 
 
 # ---- bootstrap
+def _loop_ap(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> float:
+    """AP of one class on a resample with clip counts `w`, positive by positive: a clip drawn k
+    times counts k times in others' precision and once in its own."""
+    total, pos = 0.0, 0.0
+    for i in np.flatnonzero(labels & (w > 0)):
+        at_or_above = scores >= scores[i]
+        tp = (w * labels)[at_or_above].sum() - w[i] + 1
+        total += w[i] * tp / (w[at_or_above].sum() - w[i] + 1)
+        pos += w[i]
+    return total / pos if pos else float("nan")
+
+
 @pytest.mark.parametrize("ties", [True, False])
 def test_bootstrap_equals_a_plain_loop_over_resampled_clips(ties):
-    scores, labels = _data(300, 12, 0, ties)
-    reps = bootstrap(scores, labels, 120, seed=3)
+    scores, labels = _data(200, 8, 0, ties)
+    reps = bootstrap(scores, labels, 60, seed=3)
+    s_np, l_np = scores.numpy(), labels.numpy()
     loop = []
-    for counts in resample_counts(300, 120, 3):
+    for counts in resample_counts(200, 60, 3):
         for row in counts:
-            idx = torch.repeat_interleave(torch.arange(300), row.long())  # each clip as often as it was drawn
-            s = summarize(scores[idx], labels[idx])
-            loop.append([s["mAP"], s["mAUC"], s["dprime"]])
+            w = row.numpy().astype(np.int64)
+            idx = np.repeat(np.arange(200), w)  # each clip as often as it was drawn
+            s = summarize(scores[idx], labels[idx])  # AUC has no self term: the resample's own
+            loop.append([np.nanmean([_loop_ap(s_np[:, c], l_np[:, c], w) for c in range(8)]), s["mAUC"], s["dprime"]])
     loop = torch.tensor(loop, dtype=torch.float64)
     for i, k in enumerate(("mAP", "mAUC", "dprime")):
-        assert reps[k].shape == (1, 120)
+        assert reps[k].shape == (1, 60)
         torch.testing.assert_close(reps[k][0], loop[:, i], rtol=0, atol=1e-12)
+
+
+def test_a_replicate_that_draws_every_clip_once_is_the_sample():
+    from aer.metrics import _Groups
+
+    scores, labels = _data(300, 12, 1)
+    ap, auc = _Groups(scores, labels).score(torch.ones(300, 1), 300.0)
+    s = summarize(scores, labels)
+    torch.testing.assert_close(ap[:, 0], s["ap"], equal_nan=True, rtol=0, atol=1e-12)
+    torch.testing.assert_close(auc[:, 0], s["auc"], equal_nan=True, rtol=0, atol=1e-12)
 
 
 def test_bootstrap_is_seeded_and_draws_whole_clips():
