@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from aer.report import SWEEP_PANELS, _colors, _legend, _legend_height, _panel, _save, find_runs
+from aer.report import SWEEP_PANELS, _colors, _legend, _legend_height, _panel, _save, find_runs, parse_keys, run_cli
 from aer.sweep import collect, fmt, swept
 from aer.utils import atomic_write_text, write_json
 
@@ -306,29 +306,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
+    return run_cli(lambda: _main(args))
+
+
+def _main(args) -> list[Path]:
     out = Path(args.out)
-    try:
-        if bool(args.dir) == bool(args.ckpts):
-            raise ValueError("give sweep dirs, or --ckpts A B (not both)")
-        if args.ckpts:
-            overrides = {k: v for k, v in (("root", args.data_root), ("cache_dir", args.cache_dir)) if v}
-            paths = compare_checkpoints([Path(p).resolve() for p in args.ckpts], args.split, out, overrides,
-                                        args.replicates, args.level, args.seed)
-            print((out / "paired.md").read_text())
-        else:
-            dirs = [Path(d) for d in args.dir]
-            for d in dirs:
-                if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
-                    raise ValueError(f"--out {out} is inside the input dir {d}: write the comparison elsewhere")
-            by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-            paths = compare_sweeps(dirs, out, by)
-            print((out / "groups.md").read_text())
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for p in paths:
-        print(p)
-    return 0
+    if bool(args.dir) == bool(args.ckpts):
+        raise ValueError("give sweep dirs, or --ckpts A B (not both)")
+    if args.ckpts:
+        overrides = {k: v for k, v in (("root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+        paths = compare_checkpoints([Path(p).resolve() for p in args.ckpts], args.split, out, overrides,
+                                    args.replicates, args.level, args.seed)
+        print((out / "paired.md").read_text())
+        return paths
+    dirs = [Path(d) for d in args.dir]
+    for d in dirs:
+        if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
+            raise ValueError(f"--out {out} is inside the input dir {d}: write the comparison elsewhere")
+    paths = compare_sweeps(dirs, out, parse_keys(args.by))
+    print((out / "groups.md").read_text())
+    return paths
 
 
 if __name__ == "__main__":
