@@ -325,3 +325,16 @@ def test_evaluate_reports_intervals_training_positives_and_categories(trained_ru
     m = run(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=eval", "bootstrap.replicates=0",
                                      f"paths.output_dir={tmp_path / 'plain'}"]))
     assert "test/mAP_ci_low" not in m and not (tmp_path / "plain" / "per_category.csv").exists()
+
+
+@pytest.mark.parametrize("override,needle", [("bootstrap.replicates=-1", "bootstrap.replicates=-1"),
+                                             ("bootstrap.level=1.5", "bootstrap.level=1.5"),
+                                             ("bootstrap.seed=x", "bootstrap.seed='x'")])
+def test_bootstrap_settings_are_checked(override, needle, tmp_path):
+    from aer.ensemble import check_config as check_ensemble
+    from aer.evaluate import check_config as check_evaluate
+
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        check_evaluate(compose_cfg("evaluate", ["ckpt=x.ckpt", override, f"paths.output_dir={tmp_path}"]))
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        check_ensemble(compose_cfg("ensemble", ["ckpts=[x.ckpt]", override, f"paths.output_dir={tmp_path}"]))
