@@ -23,7 +23,7 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from aer.evaluate import check_split, data_overrides, format_scores, write_report
+from aer.evaluate import check_bootstrap, check_split, data_overrides, format_scores, write_report
 from aer.sweep import job_key
 from aer.utils import write_json
 
@@ -180,6 +180,7 @@ class _Members:
 
 def check_config(cfg: DictConfig) -> None:
     check_split(cfg.get("split"))
+    check_bootstrap(cfg)
     select = cfg.get("select")
     if select not in SELECT:
         raise ValueError(f"select={select!r}: expected none (average with the given weights) or greedy "
@@ -208,7 +209,6 @@ def run(cfg: DictConfig) -> dict:
 
     import torch
 
-    from aer.data.datamodule import read_class_labels
     from aer.metrics import summarize
 
     members = _Members(paths, overrides)
@@ -247,8 +247,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     info = {"split": split, "select": select, "members": len(paths), "data_root": str(dm.root),
             "seconds": round(time.time() - t0, 2)}
-    metrics, _ = write_report(out_dir, probs, members.labels, members.video_ids,
-                              read_class_labels(dm.root, dm.num_classes), info)
+    metrics, _ = write_report(out_dir, probs, members.labels, members.video_ids, dm, info, boot=cfg.get("bootstrap"))
     write_json(out_dir / "ensemble.json", {
         "split": split, "select": select, "weights": [float(w) for w in weights],
         "members": [{"ckpt": str(p), "net": members.models[p].hparams.net, "weight": float(w),

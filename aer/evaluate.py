@@ -1,11 +1,15 @@
 """Scoring one checkpoint: mAP, mAUC, d′ on the eval split (or the dev 20%), per class, with predictions.
 
 Writes into the run dir:
-  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored, and micro and macro
+  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored (+ what was scored), the
+                  bootstrap intervals test/{mAP,mAUC,dprime}_ci_{low,high}, per top-level ontology
+                  category test/category/<name>/{mAP,mAUC}, and micro and macro
                   test/{micro,macro}_{f1,precision,recall} of the decisions at the checkpoint's
-                  thresholds (`python -m aer.thresholds`; 0.5 where it holds none) (+ what was scored)
-  per_class.csv   index, mid, name, positives, AP, AUC (empty for classes without positives),
-                  threshold, predicted, precision, recall, F1
+                  thresholds (`python -m aer.thresholds`; 0.5 where it holds none)
+  per_class.csv   index, mid, name, positives, train_positives, AP, AUC (empty for classes without
+                  positives; train_positives: in the clips the model was trained on), threshold,
+                  predicted, precision, recall, F1
+  per_category.csv  id, name, classes, classes_scored, mAP, mAUC (when data.root holds ontology.json)
   predictions.h5  probs float32 (N, C), labels bool (N, C), video_id (N,)
 "test/" names the scored split whichever it is (`split` says which), as `trainer.test` does.
 
@@ -49,6 +53,18 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("ckpt is missing: give the checkpoint to score, e.g. "
                          "python evaluate.py ckpt=outputs/train/runs/<run>/checkpoints/best.ckpt")
     check_split(cfg.get("split"))
+    check_bootstrap(cfg)
+
+
+def check_bootstrap(cfg: DictConfig) -> None:
+    boot = cfg.get("bootstrap") or {}
+    reps, level, seed = boot.get("replicates"), boot.get("level"), boot.get("seed")
+    if not isinstance(reps, int) or isinstance(reps, bool) or reps < 0:
+        raise ValueError(f"bootstrap.replicates={reps!r}: expected a whole number of resamples (0: no intervals)")
+    if not isinstance(level, float) or not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap.level={level!r}: expected a confidence level between 0 and 1, e.g. 0.95")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"bootstrap.seed={seed!r}: expected an integer")
 
 
 def data_overrides(cfg: DictConfig) -> dict:
@@ -81,12 +97,12 @@ def _num(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.10g}"
 
 
-PER_CLASS_COLUMNS = ("index", "mid", "name", "positives", "AP", "AUC", "threshold", "predicted", "precision",
-                     "recall", "F1")
+PER_CLASS_COLUMNS = ("index", "mid", "name", "positives", "train_positives", "AP", "AUC", "threshold", "predicted",
+                     "precision", "recall", "F1")
 
 
 def write_per_class(path: Path, summary: dict, decisions: dict, thresholds: np.ndarray,
-                    class_names: list[tuple[str, str]]) -> None:
+                    class_names: list[tuple[str, str]], train_positives: np.ndarray | None) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(PER_CLASS_COLUMNS)
@@ -94,17 +110,39 @@ def write_per_class(path: Path, summary: dict, decisions: dict, thresholds: np.n
     cols = [decisions[k].tolist() for k in ("predicted", "precision", "recall", "f1")]
     for i, (mid, name) in enumerate(class_names):
         decided = [_num(c[i]) if pos[i] else "" for c in cols[1:]]
-        w.writerow([i, mid, name, pos[i], _num(ap[i]), _num(auc[i]), f"{thresholds[i]:.9g}", cols[0][i], *decided])
+        train = "" if train_positives is None else int(train_positives[i])
+        w.writerow([i, mid, name, pos[i], train, _num(ap[i]), _num(auc[i]), f"{thresholds[i]:.9g}", cols[0][i],
+                    *decided])
     atomic_write_text(path, buf.getvalue())
 
 
 DECISION_KEYS = ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "macro_precision", "macro_recall")
 
 
-def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, video_ids,
-                 class_names: list[tuple[str, str]], info: Mapping,
-                 thresholds: tuple[np.ndarray, str] | None = None) -> tuple[dict, dict]:
-    """Scores `probs` and writes the three outputs (metrics.json last: it marks the run complete).
+def write_per_category(out: Path, root: Path, summary: dict, class_names: list[tuple[str, str]]) -> dict:
+    """per_category.csv and the metrics.json entries, from root/ontology.json; {} when it is absent."""
+    from aer.ontology import ONTOLOGY_FILE, category_scores, read_ontology, top_level_classes
+
+    path = Path(root) / ONTOLOGY_FILE
+    if not path.exists():
+        log.info("%s not found: no per-category metrics", path)
+        return {}
+    cats = top_level_classes(read_ontology(path), [mid for mid, _ in class_names])
+    rows = category_scores(cats, summary["ap"].numpy(), summary["auc"].numpy())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "name", "classes", "classes_scored", "mAP", "mAUC"])
+    for r in rows:
+        w.writerow([r["id"], r["name"], r["classes"], r["classes_scored"], _num(r["mAP"]), _num(r["mAUC"])])
+    atomic_write_text(out / "per_category.csv", buf.getvalue())
+    return {f"test/category/{r['name']}/{k}": r[k] for r in rows for k in ("mAP", "mAUC")}
+
+
+def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, video_ids, dm,
+                 info: Mapping, thresholds: tuple[np.ndarray, str] | None = None,
+                 boot: Mapping | None = None) -> tuple[dict, dict]:
+    """Scores `probs` on the clips `dm` served and writes the outputs (metrics.json last: it marks the
+    run complete). `boot`: {replicates, level, seed} of the bootstrap intervals (none when replicates is 0).
 
     `thresholds`: (per-class thresholds, where they come from) for the F1/precision/recall of the
     decisions; None decides at 0.5. Returns (what metrics.json holds, the full `summarize` result).
@@ -112,36 +150,56 @@ def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarr
     import torch
 
     from aer.checkpoint import DEFAULT_THRESHOLD
-    from aer.metrics import decision_scores, summarize
+    from aer.metrics import bootstrap_ci, decision_scores, summarize
 
     out = Path(out_dir)
+    class_names = dm.class_names()
     if len(class_names) != probs.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {probs.shape[1]} classes")
-    summary = summarize(torch.from_numpy(probs), torch.from_numpy(labels))
+    probs_t, labels_t = torch.from_numpy(probs), torch.from_numpy(labels)
+    summary = summarize(probs_t, labels_t)
     thr, thr_source = thresholds or (np.full(probs.shape[1], DEFAULT_THRESHOLD, np.float32),
                                      f"{DEFAULT_THRESHOLD} for every class")
     decisions = decision_scores(probs, labels, thr)
     write_predictions(out / "predictions.h5", probs, labels, video_ids,
                       {"split": info.get("split", ""), "source": info.get("ckpt", info.get("members", ""))})
-    write_per_class(out / "per_class.csv", summary, decisions, thr, class_names)
+    write_per_class(out / "per_class.csv", summary, decisions, thr, class_names, dm.train_positives())
     metrics = {"status": "ok", **{f"test/{k}": summary[k] for k in
                                   ("mAP", "mAUC", "dprime", "classes_scored", "classes_unscored")},
                **{f"test/{k}": decisions[k] for k in DECISION_KEYS}, "thresholds": thr_source,
                "clips": int(len(probs)), **info}
+    if boot and boot.get("replicates"):
+        t0 = time.time()
+        ci = bootstrap_ci(probs_t, labels_t, boot["replicates"], boot["level"], boot["seed"])
+        metrics.update({f"test/{k}": v for k, v in ci.items()})
+        metrics.update({"bootstrap_replicates": boot["replicates"], "bootstrap_level": boot["level"],
+                        "bootstrap_seed": boot["seed"]})
+        log.info("bootstrap intervals from %d replicates in %.1f s", boot["replicates"], time.time() - t0)
+    metrics.update(write_per_category(out, dm.root, summary, class_names))
     write_json(out / "metrics.json", metrics)
     return metrics, summary
 
 
 def format_scores(metrics: Mapping, num_classes: int) -> str:
-    return (f"mAP  {metrics['test/mAP']:.4f}\n"
-            f"mAUC {metrics['test/mAUC']:.4f}\n"
-            f"d'   {metrics['test/dprime']:.4f}\n"
-            f"classes scored: {metrics['test/classes_scored']} of {num_classes} "
-            f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)\n"
-            f"at thresholds {metrics['thresholds']}:\n"
-            + "\n".join(f"  {avg:5} F1 {metrics[f'test/{avg}_f1']:.4f}  precision "
-                        f"{metrics[f'test/{avg}_precision']:.4f}  recall {metrics[f'test/{avg}_recall']:.4f}"
-                        for avg in ("micro", "macro")))
+    level = metrics.get("bootstrap_level")
+
+    def line(label: str, key: str) -> str:
+        text = f"{label} {metrics[key]:.4f}"
+        if level is not None and f"{key}_ci_low" in metrics:
+            text += f"  [{level:.0%} CI {metrics[key + '_ci_low']:.4f}, {metrics[key + '_ci_high']:.4f}]"
+        return text
+
+    lines = [line("mAP ", "test/mAP"), line("mAUC", "test/mAUC"), line("d'  ", "test/dprime"),
+             f"classes scored: {metrics['test/classes_scored']} of {num_classes} "
+             f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)"]
+    cats = sorted({k.split("/")[2] for k in metrics if k.startswith("test/category/")})
+    for name in cats:
+        lines.append(f"  {name:<40} mAP {metrics[f'test/category/{name}/mAP']:.4f}  "
+                     f"mAUC {metrics[f'test/category/{name}/mAUC']:.4f}")
+    lines.append(f"at thresholds {metrics['thresholds']}:")
+    lines += [f"  {avg:5} F1 {metrics[f'test/{avg}_f1']:.4f}  precision {metrics[f'test/{avg}_precision']:.4f}  "
+              f"recall {metrics[f'test/{avg}_recall']:.4f}" for avg in ("micro", "macro")]
+    return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -159,7 +217,6 @@ def run(cfg: DictConfig) -> dict:
         predict_split,
         tagger_from_checkpoint,
     )
-    from aer.data.datamodule import read_class_labels
 
     ckpt = load_checkpoint(ckpt_path)
     model = tagger_from_checkpoint(ckpt, str(ckpt_path))
@@ -170,8 +227,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     info = {"split": split, "ckpt": str(ckpt_path), "net": model.hparams.net, "data_root": str(dm.root),
             "seconds": round(time.time() - t0, 2)}
-    metrics, _ = write_report(out_dir, probs, labels, video_ids, read_class_labels(dm.root, dm.num_classes), info,
-                              thresholds)
+    metrics, _ = write_report(out_dir, probs, labels, video_ids, dm, info, thresholds, cfg.get("bootstrap"))
     print(f"{ckpt_path} on split={split} ({len(probs)} clips from {dm.root})\n"
           f"{format_scores(metrics, probs.shape[1])}\nwrote {out_dir}/metrics.json, per_class.csv, predictions.h5",
           flush=True)

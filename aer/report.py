@@ -411,9 +411,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after <event file>" per run
-    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    return run_cli(lambda: make_report(args.dir, args.out, parse_keys(args.by)))
+
+
+def parse_keys(text: str | None) -> list[str] | None:
+    """`--by a,b` as a list of keys; None when not given."""
+    return [k.strip() for k in text.split(",") if k.strip()] if text else None
+
+
+def run_cli(make) -> int:
+    """Runs `make()` and prints the paths it wrote; a user error becomes one line and status 1."""
     try:
-        paths = make_report(args.dir, args.out, by)
+        paths = make()
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,9 @@
-"""Scoring speed: `aer.metrics.summarize` against torchmetrics' per-class AP and AUROC, same data.
+"""Scoring speed: `aer.metrics.summarize` against torchmetrics' per-class AP and AUROC, same data;
+and the bootstrap intervals (`aer.metrics.bootstrap_ci`, 1,000 replicates) against a plain loop
+that scores each resample with `summarize` (timed on a few replicates, scaled to all; a timing
+reference only, as its AP counts a clip drawn k times k times in its own precision).
 
-    python bench/metrics.py [--clips 20000] [--classes 527] [--repeat 5] [--seed 0]
+    python bench/metrics.py [--clips 20000] [--classes 527] [--repeat 5] [--seed 0] [--replicates 1000]
 
 The data is AudioSet-shaped: long-tailed class frequencies from 5% down to 0.05% (every class has
 positives and negatives), ~6 labels per clip (AudioSet's ~2.7, doubled), float32 scores in [0, 1]
@@ -68,6 +71,8 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=527)
     ap.add_argument("--repeat", type=int, default=5, help="timed runs of aer (median reported)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (0: skip the bootstrap)")
+    ap.add_argument("--loop-replicates", type=int, default=5, help="resamples the plain loop is timed on")
     args = ap.parse_args()
 
     import torchmetrics
@@ -112,7 +117,31 @@ def main() -> int:
     print(f"max |difference|: per-class AP {ap_diff:.2e}, AUC {auc_diff:.2e}; mAP {map_diff:.2e}, mAUC {mauc_diff:.2e}"
           f" (tolerance {TOL:g}): {'agree' if agree else 'DISAGREE'}")
     print(f"target: aer under {TARGET_S:g} s: {'met' if aer_s < TARGET_S else 'MISSED'} ({aer_s:.3f} s)")
+    if args.replicates:
+        bench_bootstrap(scores, labels, args.replicates, args.loop_replicates)
     return 0 if agree else 1
+
+
+def bench_bootstrap(scores: torch.Tensor, labels: torch.Tensor, replicates: int, loop_replicates: int) -> None:
+    """bootstrap_ci against summarize on each resample, the plain loop's time scaled to `replicates`."""
+    from aer.metrics import bootstrap_ci, resample_counts, summarize
+
+    n = len(labels)
+    boot_s, boot_cpu, ci = timed(lambda: bootstrap_ci(scores, labels, replicates))
+
+    def loop():
+        for counts in resample_counts(n, loop_replicates, seed=0):
+            for row in counts:
+                idx = torch.repeat_interleave(torch.arange(n), row.long())
+                summarize(scores[idx], labels[idx])
+
+    loop_s, loop_cpu, _ = timed(loop)
+    per = loop_s / loop_replicates
+    print()
+    print(f"bootstrap, {replicates} replicates of {n:,} clips × {labels.shape[1]} classes: {boot_s:.1f} s wall, "
+          f"{boot_cpu:.1f} s CPU; mAP 95% interval [{ci['mAP_ci_low']:.4f}, {ci['mAP_ci_high']:.4f}]")
+    print(f"plain loop (summarize of each resample): {per:.2f} s a replicate over {loop_replicates}, "
+          f"{per * replicates:.0f} s for {replicates} (estimated): {per * replicates / boot_s:.0f}x the bootstrap")
 
 
 if __name__ == "__main__":

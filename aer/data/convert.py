@@ -478,9 +478,10 @@ def _open_cache(path: Path) -> h5py.File:
     return f
 
 
-def load_splits(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
+def load_splits(paths: list[str | os.PathLike], arrays: tuple[str, ...] = DATASETS) -> dict[str, np.ndarray]:
     """Converted splits read into memory as one, in order (features stay uint8, labels bool); each
     array is allocated once, not loaded per split and concatenated, which would hold every clip twice.
+    `arrays` names the ones to read (e.g. only labels).
 
     Every chunk's checksum is verified on the way: a damaged cache raises CacheError naming it.
     """
@@ -492,7 +493,7 @@ def load_splits(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
             raise ValueError(f"{', '.join(map(str, paths))}: the splits have different numbers of classes")
         ends = np.cumsum([0] + [f["lengths"].shape[0] for _, f in files])
         out = {}
-        for name in DATASETS:
+        for name in (a for a in DATASETS if a in arrays):
             d0 = files[0][1][name]
             dtype = {"lengths": np.int64, "video_id": object}.get(name, d0.dtype)
             out[name] = np.empty((ends[-1], *d0.shape[1:]), dtype=dtype)

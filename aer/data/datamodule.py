@@ -244,6 +244,17 @@ class AudioSetDataModule(pl.LightningDataModule):
         rows = ds.rows.numpy()
         return {"video_id": meta["video_id"][rows], "labels": meta["labels"][rows]}
 
+    def train_positives(self) -> np.ndarray:
+        """Positives per class among the clips this module trains on: the dev 80% in dev mode, all of
+        the training split in final mode (read from its cache, labels only, when not loaded)."""
+        if "train" in self._sets:
+            ds = self._sets["train"]
+            labels, rows = ds.labels.numpy(), ds.rows.numpy()
+            return sum((labels[rows[i:i + 65536]].sum(0, dtype=np.int64) for i in range(0, len(rows), 65536)),
+                       np.zeros(labels.shape[1], np.int64))
+        paths = [self.prepare_split(s) for s in self.train_splits]
+        return load_splits(paths, arrays=("labels",))["labels"].sum(0, dtype=np.int64)
+
     def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-dimension mean and std of the training clips' real frames, on the [0,1] scale."""
         ds = self._sets["train"]

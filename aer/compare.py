@@ -1,0 +1,332 @@
+"""`python -m aer.compare DIR [DIR ...] --out OUT`: a sweep's jobs grouped over seeds, mean ± sd.
+
+Jobs are grouped by their swept overrides other than `seed` (aer.sweep's job table); per group it
+reports n and mean ± sd of every number in the jobs' metrics.json, and plots the per-epoch curves
+(from the TensorBoard events, as aer.report reads them) as the mean over seeds with a min–max band.
+
+`python -m aer.compare --ckpts A B --split val --out OUT` scores two checkpoints on the same clips
+and compares them with a paired bootstrap (both models scored on each resample of the clips): the
+difference B − A in mAP, mAUC and d′, its interval and a two-sided p-value; plus per-class AP
+against the classes' training positives and the classes that gain or lose most.
+
+Everything is written into --out only; the input dirs are read, never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from aer.report import SWEEP_PANELS, _colors, _legend, _legend_height, _panel, _save, find_runs, parse_keys, run_cli
+from aer.sweep import collect, fmt, swept
+from aer.utils import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+SEED = "seed"
+
+
+# ---- grouping over seeds
+def _params(overrides: str) -> dict[str, str]:
+    out = {}
+    for o in overrides.split():
+        key, _, value = o.partition("=")
+        out[key.lstrip("+")] = value
+    return out
+
+
+def job_rows(dirs: list[Path]) -> list[dict]:
+    """aer.sweep's rows of every job under `dirs`, each with its absolute `dir`."""
+    rows = []
+    for d in dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such directory (expected a train.py -m sweep dir)")
+        found = collect(d)
+        if not found:
+            raise FileNotFoundError(f"{d}: no job dirs (folders with .hydra/) under it")
+        for r in found:
+            r["dir"] = (d / r["job"]).resolve()
+        rows += found
+    return rows
+
+
+def group_jobs(rows: list[dict], by: list[str] | None = None) -> tuple[list[str], dict[tuple, list[dict]]]:
+    """(the grouping keys, {their values: the rows}), keys = the swept overrides other than seed."""
+    keys = [k.lstrip("+") for k in (by or swept(rows))]
+    keys = list(dict.fromkeys(k for k in keys if k != SEED))
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        p = _params(r["overrides"])
+        groups.setdefault(tuple(p.get(k, "(default)") for k in keys), []).append(r)
+    return keys, groups
+
+
+def metric_stats(rows: list[dict]) -> dict[str, tuple[int, float, float]]:
+    """Per numeric metric of the finished jobs: (n, mean, sd over jobs; sd NaN for one job)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    names = list(dict.fromkeys(k for r in ok for k, v in r.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    out = {}
+    for k in names:
+        v = np.array([float(r[k]) for r in ok if isinstance(r.get(k), (int, float)) and r[k] is not None])
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[k] = (len(v), float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+    return out
+
+
+def _pm(mean: float, sd: float) -> str:
+    return fmt(mean) if math.isnan(sd) else f"{fmt(mean)} ± {fmt(sd)}"
+
+
+def _label(keys: list[str], values: tuple) -> str:
+    return " ".join(f"{k}={v}" for k, v in zip(keys, values)) or "all jobs"
+
+
+def write_group_tables(out: Path, keys: list[str], groups: dict, stats: dict) -> list[Path]:
+    """groups.md (mean ± sd) and groups.csv (n, mean, sd columns per metric)."""
+    metrics = list(dict.fromkeys(m for s in stats.values() for m in s))
+    head = [*keys, "n", "seeds", *metrics]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*keys, "n", "seeds", *(f"{m}_{s}" for m in metrics for s in ("n", "mean", "sd"))])
+    for values, rows in groups.items():
+        s = stats[values]
+        seeds = " ".join(_params(r["overrides"]).get(SEED, "(default)") for r in rows if r.get("status") == "ok")
+        n = sum(r.get("status") == "ok" for r in rows)
+        md.append("| " + " | ".join([*values, str(n), seeds, *(_pm(*s[m][1:]) if m in s else "" for m in metrics)])
+                  + " |")
+        w.writerow([*values, n, seeds, *(x for m in metrics for x in (s[m] if m in s else ("", "", "")))])
+    atomic_write_text(out / "groups.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "groups.csv", buf.getvalue())
+    return [out / "groups.md", out / "groups.csv"]
+
+
+# ---- curves over seeds
+def band(curves: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per epoch that any run logged: n runs, mean, sd, min and max over the runs that logged it."""
+    epochs = np.array(sorted({float(e) for x, _ in curves for e in x}))
+    table = np.full((len(curves), len(epochs)), np.nan)
+    for i, (x, y) in enumerate(curves):
+        table[i, np.searchsorted(epochs, x)] = y
+    n = (~np.isnan(table)).sum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch only one run logged has no sd
+        sd = np.where(n > 1, np.nanstd(table, axis=0, ddof=1), np.nan)
+    return {"epoch": epochs, "n": n, "mean": np.nanmean(table, 0), "sd": sd,
+            "min": np.nanmin(table, 0), "max": np.nanmax(table, 0)}
+
+
+def group_curves(groups: dict, runs_by_dir: dict) -> dict[tuple, dict[str, dict]]:
+    """{group: {tag: band}} from the runs' TensorBoard curves."""
+    out = {}
+    for values, rows in groups.items():
+        runs = [runs_by_dir[r["dir"]] for r in rows if r["dir"] in runs_by_dir]
+        tags = list(dict.fromkeys(t for run in runs for t in run.curves))
+        out[values] = {t: band([run.curves[t] for run in runs if t in run.curves]) for t in tags}
+    return out
+
+
+def write_curves(out: Path, keys: list[str], curves: dict) -> list[Path]:
+    """curves.csv (every band) and curves.png: per panel, each group's mean with its min–max band."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*keys, "tag", "epoch", "n", "mean", "sd", "min", "max"])
+    for values, tags in curves.items():
+        for tag, b in tags.items():
+            for i in range(len(b["epoch"])):
+                w.writerow([*values, tag, f"{b['epoch'][i]:g}", int(b["n"][i]),
+                            *(f"{b[k][i]:.6g}" if np.isfinite(b[k][i]) else "" for k in ("mean", "sd", "min", "max"))])
+    atomic_write_text(out / "curves.csv", buf.getvalue())
+    labels = [_label(keys, v) for v in curves]
+    fig = Figure(figsize=(14, 4.4 + _legend_height(14, labels)), layout="constrained")
+    axes = fig.subplots(1, len(SWEEP_PANELS))
+    for ax, tag in zip(axes, SWEEP_PANELS):
+        for tags, label, color in zip(curves.values(), labels, _colors(len(curves))):
+            if tag in tags:
+                b = tags[tag]
+                ax.plot(b["epoch"], b["mean"], color=color, marker="o", markersize=2, label=label)
+                ax.fill_between(b["epoch"], b["min"], b["max"], color=color, alpha=0.2, linewidth=0)
+        _panel(ax, tag)
+    fig.suptitle("mean over seeds, band: min–max")
+    _legend(fig, axes[0])
+    return [out / "curves.csv", _save(fig, out / "curves.png")]
+
+
+def compare_sweeps(dirs: list[Path], out: Path, by: list[str] | None = None) -> list[Path]:
+    """The seed-grouped tables and curves of the jobs under `dirs`, written into `out`."""
+    rows = job_rows(dirs)
+    keys, groups = group_jobs(rows, by)
+    stats = {v: metric_stats(r) for v, r in groups.items()}
+    runs_by_dir = {}
+    for d in dirs:
+        try:
+            runs_by_dir.update({run.dir.resolve(): run for run in find_runs(d, exclude=out)})
+        except FileNotFoundError as e:  # metrics without curves: the tables still stand
+            log.warning("%s", e)
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_group_tables(out, keys, groups, stats)
+    curves = group_curves(groups, runs_by_dir)
+    if any(curves.values()):
+        written += write_curves(out, keys, curves)
+    md = [f"# Compare: {', '.join(str(d.resolve()) for d in dirs)}", "",
+          f"{len(rows)} jobs in {len(groups)} groups by {', '.join(f'`{k}`' for k in keys) or 'nothing'} "
+          f"(over `{SEED}`); mean ± sd over the finished jobs of each group.", "",
+          *(out / "groups.md").read_text().splitlines(), ""]
+    if (out / "curves.png").exists():
+        md += ["![curves](curves.png)", ""]
+    atomic_write_text(out / "compare.md", "\n".join(md))
+    return [*written, out / "compare.md"]
+
+
+# ---- two checkpoints on the same clips
+def score_checkpoints(paths: list[Path], split: str, overrides: dict) -> dict:
+    """Both checkpoints' probabilities on the same clips, the labels, and per-class training positives."""
+    from aer.checkpoint import datamodule_from_checkpoint, load_tagger, predict_split
+
+    probs, served = [], []
+    for p in paths:
+        dm = datamodule_from_checkpoint(p, overrides, split)
+        pr, labels, vids = predict_split(load_tagger(p), dm)
+        probs.append(pr)
+        served.append((labels, vids, dm))
+    (labels, vids, dm), (labels_b, vids_b, _) = served
+    if not (np.array_equal(vids, vids_b) and np.array_equal(labels, labels_b)):
+        raise ValueError(f"{paths[0]} and {paths[1]} score different clips on split={split} ({len(vids)} and "
+                         f"{len(vids_b)}): a paired comparison needs models trained on the same data and split")
+    return {"probs": probs, "labels": labels, "train_positives": dm.train_positives(),
+            "class_names": dm.class_names(), "root": str(dm.root)}
+
+
+def write_paired(out: Path, paths: list[Path], split: str, result: dict, paired: dict) -> list[Path]:
+    lines = [f"# Paired comparison on split={split}", "", f"A = `{paths[0]}`", "", f"B = `{paths[1]}`", "",
+             f"{paired['mAP']['replicates']} bootstrap replicates of the {paired['clips']} clips, both models "
+             f"scored on each; interval: {paired['level']:.0%} percentile.", "",
+             "| metric | A | B | B − A | interval | p |", "|---|---:|---:|---:|---|---:|"]
+    for k in ("mAP", "mAUC", "dprime"):
+        d = paired[k]
+        lines.append(f"| {k} | {d['a']:.4f} | {d['b']:.4f} | {d['diff']:+.4f} | "
+                     f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {d['p']:.3g} |")
+    atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")
+    write_json(out / "paired.json", {"a": str(paths[0]), "b": str(paths[1]), "split": split, **paired})
+    return [out / "paired.md", out / "paired.json"]
+
+
+def write_class_diff(out: Path, result: dict, ap: list[np.ndarray], auc: list[np.ndarray]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "mid", "name", "train_positives", "positives", "AP_a", "AP_b", "AP_diff", "AUC_a", "AUC_b"])
+    pos = result["labels"].sum(0)
+    num = lambda v: "" if not np.isfinite(v) else f"{v:.6g}"  # noqa: E731
+    for i, (mid, name) in enumerate(result["class_names"]):
+        w.writerow([i, mid, name, int(result["train_positives"][i]), int(pos[i]), num(ap[0][i]), num(ap[1][i]),
+                    num(ap[1][i] - ap[0][i]), num(auc[0][i]), num(auc[1][i])])
+    atomic_write_text(out / "per_class_diff.csv", buf.getvalue())
+    return out / "per_class_diff.csv"
+
+
+def plot_ap_vs_positives(path: Path, train_positives: np.ndarray, aps: list[np.ndarray], names: list[str]) -> Path:
+    """Each class's AP against its positives in the training clips (log x), one colour per model."""
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    x = np.maximum(train_positives, 1)  # a class with no training positive sits at 1 on the log axis
+    for ap, name, color in zip(aps, names, _colors(len(aps))):
+        ok = np.isfinite(ap)
+        ax.scatter(x[ok], ap[ok], s=8, alpha=0.5, color=color, label=f"{name} (mAP {np.mean(ap[ok]):.4f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("positives in the training clips (log)")
+    ax.set_ylabel("AP on the scored split")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_gain_loss(path: Path, diff: np.ndarray, class_names: list[tuple[str, str]], top: int = 15) -> Path:
+    """The `top` classes whose AP B − A rises most and the `top` that fall most."""
+    ok = np.flatnonzero(np.isfinite(diff))
+    order = ok[np.argsort(diff[ok])]
+    picked = list(dict.fromkeys([*order[:top], *order[-top:][::-1]]))
+    picked.sort(key=lambda i: diff[i])
+    fig = Figure(figsize=(8, 0.22 * len(picked) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(picked)), diff[picked], color=["tab:red" if diff[i] < 0 else "tab:green" for i in picked])
+    ax.set_yticks(range(len(picked)), [class_names[i][1][:40] for i in picked], fontsize="small")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("AP of B − AP of A")
+    ax.set_title(f"classes that gain and lose most (top {top} each way)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def compare_checkpoints(paths: list[Path], split: str, out: Path, overrides: dict | None = None,
+                        replicates: int = 1000, level: float = 0.95, seed: int = 0) -> list[Path]:
+    import torch
+
+    from aer.metrics import paired_bootstrap, per_class_scores
+
+    if len(paths) != 2:
+        raise ValueError(f"--ckpts: expected two checkpoints (A B), got {len(paths)}")
+    result = score_checkpoints(paths, split, overrides or {})
+    labels = torch.from_numpy(result["labels"])
+    probs = [torch.from_numpy(p) for p in result["probs"]]
+    paired = paired_bootstrap(probs[0], probs[1], labels, replicates, level, seed)
+    paired.update({"level": level, "seed": seed, "clips": int(len(labels))})
+    scores = [per_class_scores(p, labels) for p in probs]
+    ap, auc = [s[0].numpy() for s in scores], [s[1].numpy() for s in scores]
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_paired(out, paths, split, result, paired)
+    written.append(write_class_diff(out, result, ap, auc))
+    written.append(plot_ap_vs_positives(out / "ap_vs_train_positives.png", result["train_positives"], ap, ["A", "B"]))
+    written.append(plot_gain_loss(out / "gain_loss.png", ap[1] - ap[0], result["class_names"]))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aer.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", nargs="*", help="sweep dirs from train.py -m (their jobs compared as one sweep)")
+    parser.add_argument("--out", required=True, help="folder for the tables and figures (never an input dir)")
+    parser.add_argument("--by", help="comma-separated overrides to group by (default: the swept ones but seed)")
+    parser.add_argument("--ckpts", nargs=2, metavar=("A", "B"), help="two checkpoints: paired bootstrap B − A")
+    parser.add_argument("--split", default="val", choices=("val", "eval"), help="with --ckpts: the scored split")
+    parser.add_argument("--data-root", help="with --ckpts: score on this data root instead of the stored one")
+    parser.add_argument("--cache-dir", help="with --ckpts: where the data's HDF5 caches are")
+    parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    parser.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
+    return run_cli(lambda: _main(args))
+
+
+def _main(args) -> list[Path]:
+    out = Path(args.out)
+    if bool(args.dir) == bool(args.ckpts):
+        raise ValueError("give sweep dirs, or --ckpts A B (not both)")
+    if args.ckpts:
+        overrides = {k: v for k, v in (("root", args.data_root), ("cache_dir", args.cache_dir)) if v}
+        paths = compare_checkpoints([Path(p).resolve() for p in args.ckpts], args.split, out, overrides,
+                                    args.replicates, args.level, args.seed)
+        print((out / "paired.md").read_text())
+        return paths
+    dirs = [Path(d) for d in args.dir]
+    for d in dirs:
+        if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
+            raise ValueError(f"--out {out} is inside the input dir {d}: write the comparison elsewhere")
+    paths = compare_sweeps(dirs, out, parse_keys(args.by))
+    print((out / "groups.md").read_text())
+    return paths
+
+
+if __name__ == "__main__":
+    sys.exit(main())
