@@ -269,11 +269,11 @@ def test_sigkill_at_any_moment_leaves_nothing_or_the_previous_file(big, tmp_path
     killed = 0
     for wait_for, delay in moments:
         rc = _kill_after(args, wait_for, delay)
-        if rc == 0:
-            break  # converted before the kill: the file is complete, which is allowed
-        assert rc == -signal.SIGKILL
-        killed += 1
-        assert not out.exists(), f"a file at the final path after SIGKILL ({wait_for}, {delay:.2f} s)"
+        assert rc in (0, -signal.SIGKILL)
+        killed += rc != 0
+        if out.exists():  # converted before the kill landed (maybe as the process was exiting): complete
+            assert_same(read_h5(out), expected_split(big))
+            break
     assert killed >= 2
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
