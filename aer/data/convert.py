@@ -229,11 +229,6 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def cache_is_fresh(out: str | os.PathLike, fp: str, num_classes: int = NUM_CLASSES,
-                   on_bad_record: str = "skip") -> bool:
-    return cache_problem(out, fp, num_classes, on_bad_record) is None
-
-
 def _create(f: h5py.File, num_classes: int) -> dict[str, h5py.Dataset]:
     def dataset(name: str, row: tuple, dtype, chunk_rows: int, **kw) -> h5py.Dataset:
         # fletcher32: every chunk carries a checksum, so a damaged byte fails the read that meets it
