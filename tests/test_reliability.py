@@ -392,3 +392,17 @@ def test_divergence_rules():
     assert d.verdict({"val/mAUC": 0.9}, 2).startswith("train/loss rose from 0.69")
     d.epoch_losses = [0.5, 6.8]
     assert d.verdict({"val/mAUC": 0.9}, 2) is None
+
+
+def test_a_config_error_in_a_multirun_job_is_one_line_and_the_sweep_goes_on(demo_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [a for a in train_overrides(demo_root, tmp_path, "data.mode=weird,dev", f"hydra.sweep.dir={sweep}",
+                                       "trainer.max_epochs=1") if not a.startswith("paths.output_dir=")]
+    r = run_script("train.py", "-m", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr + r.stdout
+    failed = [ln for ln in (r.stderr + r.stdout).splitlines() if "job 0 failed" in ln]
+    assert len(failed) == 1 and failed[0].endswith("job 0 failed: data.mode='weird': expected one of dev, final")
+    bad, ok = (json.loads((sweep / str(i) / "metrics.json").read_text()) for i in (0, 1))
+    assert bad["status"] == "failed" and bad["error"] == "ValueError: data.mode='weird': expected one of dev, final"
+    assert ok["status"] == "ok"
