@@ -38,6 +38,18 @@ def train_overrides(demo_root: Path, out: Path, *extra: str) -> list[str]:
             "trainer.accelerator=cpu", *extra]
 
 
+def disk_full_after(max_bytes: int):
+    """A preexec_fn: the child's files cannot grow past `max_bytes`, so every write beyond fails as on a
+    full disk (EFBIG, with SIGXFSZ ignored) wherever it happens: h5py, torch.save, json, PNG, download."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return limit
+
+
 def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides)

@@ -410,22 +410,16 @@ def test_cli_as_subcommand(server, tmp_path, capsys):
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_part_is_kept(server, tmp_path):
     """Disk full mid-transfer (a file-size limit on the child): one line, exit 1, nothing at the final path."""
-    import resource
-    import signal
     import subprocess
     import sys
 
-    from conftest import ROOT
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    from conftest import ROOT, disk_full_after
 
     server.serve_all()
     root = tmp_path / "root"
     r = subprocess.run([sys.executable, "-m", "aer.data", "download", str(root), "--base-url", server.url,
                         "--only", dl.ARCHIVE, "--retries", "0", "--no-progress"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, preexec_fn=limit)
+                       text=True, timeout=120, preexec_fn=disk_full_after(20_000))
     assert r.returncode == 1, r.stderr
     assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]

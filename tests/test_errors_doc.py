@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
-import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ from aer.data.convert import convert
 from aer.data.demo import generate
 from aer.data.records import Clip, serialize_clip
 from aer.data.tfrecord import frame
-from conftest import ROOT, train_overrides
+from conftest import ROOT, disk_full_after, train_overrides
 
 DOC = ROOT / "docs" / "errors.md"
 
@@ -140,13 +138,9 @@ def _cases(tmp: Path, demo: Path, ckpt: Path) -> list[Case]:
 
 
 def _run(case: Case) -> tuple[Case, subprocess.CompletedProcess]:
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (case.max_file_bytes,) * 2)
-
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     r = subprocess.run(case.argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-                       preexec_fn=limit if case.max_file_bytes else None)
+                       preexec_fn=disk_full_after(case.max_file_bytes) if case.max_file_bytes else None)
     return case, r
 
 

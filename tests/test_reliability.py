@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from aer.data.convert import CacheError, convert, load_split
 from aer.data.datamodule import AudioSetDataModule
 from aer.data.demo import MARKER, ensure_demo, generate
 from aer.utils import file_lock
-from conftest import ROOT, SHARED, TINY, run_script, train_overrides
+from conftest import ROOT, SHARED, TINY, disk_full_after, run_script, train_overrides
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -200,18 +199,10 @@ def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
 
 
 # ---- full disks
-def _limited(max_bytes: int):
-    """A child whose files cannot grow past `max_bytes`: every write beyond fails as a full disk would."""
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
-    return limit
-
-
 def _run_limited(cmd: list[str], max_bytes: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-                          preexec_fn=_limited(max_bytes))
+                          preexec_fn=disk_full_after(max_bytes))
 
 
 def _one_line_error(r: subprocess.CompletedProcess, *names: str) -> str:
