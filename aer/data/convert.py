@@ -339,7 +339,7 @@ def partial_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-def _check_paths(src: Path, out: Path, workers) -> None:
+def _check_args(src: Path, out: Path, workers) -> None:
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r}: expected a positive integer")
     src_r, out_r = src.resolve(), out.resolve()
@@ -362,7 +362,7 @@ def convert(src_dir: str | os.PathLike, out: str | os.PathLike, *, workers: int 
         raise ValueError(f"on_bad_record={on_bad_record!r}: expected one of {', '.join(ON_BAD)}")
     t0 = time.perf_counter()
     src, out = Path(src_dir), Path(out)
-    _check_paths(src, out, workers)
+    _check_args(src, out, workers)
     shards = list_shards(src)
     fp = fingerprint(shards)
     # Two processes converting the same split (two sweeps starting at once) take turns.

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aer.data.convert import ON_BAD, CacheError, convert, load_splits
+from aer.data.convert import DATASETS, ON_BAD, CacheError, convert, load_splits
 from aer.data.demo import ensure_demo, is_demo
 from aer.data.records import NUM_CLASSES
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
@@ -158,15 +158,15 @@ class AudioSetDataModule(pl.LightningDataModule):
         log.info("%s", summary)
         return summary.out
 
-    def _load_splits(self, splits: list[str]) -> dict[str, np.ndarray]:
+    def _load_splits(self, splits: list[str], arrays: tuple[str, ...] = DATASETS) -> dict[str, np.ndarray]:
         """The splits' arrays, read into one allocation per array (train_split=all would otherwise
         hold every clip twice). A damaged cache is named, rebuilt from its shards and read again."""
         paths = [self.prepare_split(s) for s in splits]
         try:
-            return load_splits(paths)
+            return load_splits(paths, arrays)
         except CacheError as e:
             log.warning("%s: rebuilding from the shards", e)
-            return load_splits([self.prepare_split(s, force=True) for s in splits])
+            return load_splits([self.prepare_split(s, force=True) for s in splits], arrays)
 
     def _load(self, split: str) -> dict[str, np.ndarray]:
         if split not in self._arrays:
@@ -252,8 +252,7 @@ class AudioSetDataModule(pl.LightningDataModule):
             labels, rows = ds.labels.numpy(), ds.rows.numpy()
             return sum((labels[rows[i:i + 65536]].sum(0, dtype=np.int64) for i in range(0, len(rows), 65536)),
                        np.zeros(labels.shape[1], np.int64))
-        paths = [self.prepare_split(s) for s in self.train_splits]
-        return load_splits(paths, arrays=("labels",))["labels"].sum(0, dtype=np.int64)
+        return self._load_splits(self.train_splits, arrays=("labels",))["labels"].sum(0, dtype=np.int64)
 
     def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-dimension mean and std of the training clips' real frames, on the [0,1] scale."""
