@@ -1,4 +1,4 @@
-"""Checkpoints in, predictions out: safe loading, the data a checkpoint was trained on, fast inference.
+"""Checkpoints in and out: safe loading, atomic saving, the model and the data a checkpoint was trained on.
 
 Checkpoints are read with `torch.load(weights_only=True)`: tensors and plain containers only, so
 a checkpoint from elsewhere cannot run code on load. Any file that is missing, truncated, not a
@@ -8,13 +8,13 @@ that names the file.
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import inspect
+import io
 import logging
 import os
 import pickle
 import re
-import typing
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -22,34 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.base import ContainerMetadata, Metadata
-from omegaconf.nodes import AnyNode
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from aer.data.datamodule import AudioSetDataModule
 from aer.module import Tagger
+from aer.schema import check
+from aer.settings import DataSettings
+from aer.utils import atomic_write_bytes, error_line
 
 log = logging.getLogger(__name__)
 
 # split to score → the data module mode that serves it as its test split
 SPLIT_MODES = {"eval": "final", "val": "dev"}
 
-# Checkpoints written before the data module's arguments were made plain values (aer.train now
-# instantiates it with _convert_="all") hold omegaconf containers among its hparams. These
-# classes carry data only (their unpickling sets attributes, it calls nothing), so they are
-# allowed on top of weights_only's tensors and builtins; they are turned into plain dicts on load.
-_OMEGACONF_GLOBALS = [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any,
-                      dict, list, int, collections.defaultdict]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and what is wrong."""
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _unpickler_detail(e: BaseException) -> tuple[str | None, str]:
@@ -65,7 +54,7 @@ def _unpickler_detail(e: BaseException) -> tuple[str | None, str]:
         return found.group(1).rstrip("."), ""
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
     reasons = [p for p in paragraphs if not _ADVICE.search(p)]
-    return None, _first_sentence(reasons[0] if reasons else _one_line(e))
+    return None, _first_sentence(reasons[0] if reasons else error_line(e))
 
 
 _ADVICE = re.compile(r"weights_only|Weights only load failed|documentation of torch.load|trusted source", re.I)
@@ -88,16 +77,8 @@ def _unreadable(p: Path, e: BaseException) -> CheckpointError:
     elif isinstance(e, pickle.UnpicklingError):
         detail = _unpickler_detail(e)[1]
     else:
-        detail = _first_sentence(_one_line(e))
+        detail = _first_sentence(error_line(e))
     return CheckpointError(f"{p}: not a readable torch checkpoint (truncated or damaged): {detail}")
-
-
-def _plain(obj):
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=False)
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -109,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{p}: is a directory, expected a .ckpt file "
                               f"(a training run keeps them in checkpoints/best.ckpt and last.ckpt)")
     try:
-        with torch.serialization.safe_globals(_OMEGACONF_GLOBALS), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. a pickle protocol note on a foreign file: the error says it all
             ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -124,12 +105,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{p}: not an aer checkpoint (holds a {type(ckpt).__name__}, expected the dict "
                               f"a Lightning ModelCheckpoint writes)")
     hp = ckpt.get("hyper_parameters")
-    if not isinstance(ckpt.get("state_dict"), Mapping) or not isinstance(hp, Mapping) or "net" not in hp:
-        raise CheckpointError(f"{p}: not an aer checkpoint (expected 'state_dict' and 'hyper_parameters' with "
-                              f"'net', as train.py writes; found keys {sorted(map(str, ckpt))[:8]})")
-    ckpt["hyper_parameters"] = _plain(hp)
-    if ckpt.get("datamodule_hyper_parameters") is not None:
-        ckpt["datamodule_hyper_parameters"] = _plain(ckpt["datamodule_hyper_parameters"])
+    if not isinstance(ckpt.get("state_dict"), Mapping) or not isinstance(hp, Mapping):
+        raise CheckpointError(f"{p}: not an aer checkpoint (expected 'state_dict' and 'hyper_parameters', as "
+                              f"train.py writes; found keys {sorted(map(str, ckpt))[:8]})")
+    if "model" not in hp:
+        old = " (written by an aer before 0.2, which named it 'net': retrain it)" if "net" in hp else ""
+        raise CheckpointError(f"{p}: not an aer checkpoint: its hyper_parameters name no model{old}")
     if THRESHOLDS_KEY in ckpt:
         stored_thresholds(ckpt, str(p))  # a damaged entry is reported on load, not at the first decision
     return ckpt
@@ -174,11 +155,25 @@ def decision_thresholds(ckpt: dict, threshold: float | None, source: str = "chec
     return values, f"per class, rule={info.get('rule')}{target}, chosen on split={info.get('split')}"
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing beside the target and renaming over it: a kill cannot tear it."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        # Serialised in memory first: torch's zip writer turns a full disk into "unexpected pos";
+        # a plain write of the bytes gets the OSError, which atomic_path names in one line.
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getbuffer(), fsync=True)
+
+
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     """Writes a checkpoint dict as training does: beside the target, then renamed over it."""
-    from aer.ckpt_io import AtomicCheckpointIO
-
     AtomicCheckpointIO().save_checkpoint(ckpt, path)
+
+
+def model_name(ckpt: dict) -> str:
+    """The registered network (model=NAME) a loaded checkpoint holds."""
+    return str(ckpt["hyper_parameters"]["model"])
 
 
 def tagger_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> Tagger:
@@ -192,7 +187,8 @@ def tagger_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> Tagger:
         model = Tagger(**{k: v for k, v in hp.items() if k in known})
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except Exception as e:  # noqa: BLE001 — a network the hparams cannot rebuild, or weights that do not fit
-        raise CheckpointError(f"{source}: cannot rebuild its model (net={hp.get('net')!r}): {_one_line(e)}") from None
+        raise CheckpointError(f"{source}: cannot rebuild its model (model={hp.get('model')!r}): "
+                              f"{error_line(e)}") from None
     model.eval()
     return model
 
@@ -218,12 +214,9 @@ def datamodule_from_checkpoint(path_or_ckpt: str | os.PathLike | dict, data_over
     else:
         ckpt, source = load_checkpoint(path_or_ckpt), source or str(path_or_ckpt)
     stored = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    overrides = {k: _plain(v) for k, v in (data_overrides or {}).items() if v is not None and not k.startswith("_")}
-    allowed = set(inspect.signature(AudioSetDataModule.__init__).parameters) - {"self"}
-    unknown = sorted(set(overrides) - allowed)
-    if unknown:
-        raise ValueError(f"data.{unknown[0]}: not an AudioSetDataModule argument "
-                         f"(expected one of {', '.join(sorted(allowed))})")
+    overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None and not k.startswith("_")}
+    allowed = {f.name for f in dataclasses.fields(DataSettings)}
+    check(DataSettings, overrides, "data")
     mode = SPLIT_MODES[split]
     if overrides.pop("mode", mode) != mode:
         # e.g. data=audioset brings its mode: dev along; which split is scored is split's to say
@@ -237,34 +230,3 @@ def datamodule_from_checkpoint(path_or_ckpt: str | os.PathLike | dict, data_over
         raise CheckpointError(f"{source}: holds no data settings (datamodule_hyper_parameters); "
                               f"pass data.root=... to say which data to score it on")
     return AudioSetDataModule(**hp)
-
-
-def predict_split(model: Tagger, dm: AudioSetDataModule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probs float32 (N, C), labels bool (N, C), video_ids (N,)) for the data module's test split.
-
-    Plain batches through the network in eval mode under inference_mode: no Trainer, no logging.
-    """
-    dm.setup("test")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    probs, labels = [], []
-    try:
-        with torch.inference_mode():
-            for batch in dm.test_dataloader():
-                x, lengths = batch["x"].to(device), batch["lengths"].to(device)
-                probs.append(model.predict_proba(x, lengths).float().cpu())
-                labels.append(batch["y"] > 0.5)
-    finally:
-        model.train(was_training)
-    info = dm.split_info("test")
-    out_probs = torch.cat(probs).numpy() if probs else np.zeros((0, dm.num_classes), np.float32)
-    out_labels = torch.cat(labels).numpy() if labels else np.zeros((0, dm.num_classes), bool)
-    if out_labels.shape != info["labels"].shape or not np.array_equal(out_labels, info["labels"]):
-        # served batches and split_info must describe the same clips in the same order
-        raise RuntimeError(f"data.root={dm.root}: the test loader served {len(out_labels)} clips that do not "
-                           f"match split_info's {len(info['labels'])}")
-    if out_probs.shape[1] != out_labels.shape[1]:
-        raise ValueError(f"the model predicts {out_probs.shape[1]} classes but data.root={dm.root} has "
-                         f"{out_labels.shape[1]} (data.num_classes)")
-    return np.ascontiguousarray(out_probs, dtype=np.float32), out_labels.astype(bool), np.asarray(info["video_id"])

@@ -192,7 +192,8 @@ def compare_sweeps(dirs: list[Path], out: Path, by: list[str] | None = None) -> 
 # ---- two checkpoints on the same clips
 def score_checkpoints(paths: list[Path], split: str, overrides: dict) -> dict:
     """Both checkpoints' probabilities on the same clips, the labels, and per-class training positives."""
-    from aer.checkpoint import datamodule_from_checkpoint, load_tagger, predict_split
+    from aer.checkpoint import datamodule_from_checkpoint, load_tagger
+    from aer.inference import predict_split
 
     probs, served = [], []
     for p in paths:

@@ -1,10 +1,20 @@
-"""Hydra glue: resolvers for paths, and checks that fail on a bad config before any work starts."""
+"""Hydra glue: the config schema (from aer.settings) in Hydra's ConfigStore, resolvers, and the config check.
+
+Importing this module registers everything the root scripts' configs need: the `data` schema
+(`data/base`, which conf/data/*.yaml extend, and `data/overrides`, the every-field-null overlay
+that evaluate, ensemble and thresholds take), one `model/NAME` and `init/NAME` node per
+registered network and init scheme, and `train_schema`, the top-level keys of train.py.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from aer.schema import structured
+from aer.settings import INITS, MODELS, BootstrapSettings, DataSettings, Section, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,47 +22,62 @@ if not OmegaConf.has_resolver("aer.root"):
     # The checkout (or install prefix) holding `conf/`: outputs and demo data never depend on the cwd.
     OmegaConf.register_new_resolver("aer.root", lambda: str(ROOT))
 
+if not OmegaConf.has_resolver("aer.by_mode"):
+    # ${aer.by_mode:${data.mode},DEV,FINAL}: the one value of a setting that differs in final mode
+    # (no validation split there), written in the config so that .hydra/config.yaml is what ran.
+    OmegaConf.register_new_resolver("aer.by_mode", lambda mode, dev, final: final if mode == "final" else dev)
 
-def _allowed(group: str) -> list[str]:
-    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+DATAMODULE = "aer.data.datamodule.AudioSetDataModule"
 
 
-def check_train_config(cfg: DictConfig) -> None:
-    """Raises ValueError naming the key and the allowed values; called before any data is touched."""
-    from aer.init import INITS
-    from aer.models import NETS
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="data", name="base", node=structured(DataSettings, _target_=DATAMODULE))
+    cs.store(group="data", name="overrides", node=structured(DataSettings, optional=True, _target_=None))
+    for name, settings in MODELS.items():
+        cs.store(group="model", name=name, node=structured(settings, name=name))
+    for name, settings in INITS.items():
+        cs.store(group="init", name=name, node=structured(settings, name=name))
+    # the config groups' nodes are typed by their own schemas (data, model, init) or by Lightning's classes
+    groups = dict.fromkeys(("data", "model", "init", "trainer", "callbacks", "logger", "paths"))
+    cs.store(name="train_schema", node=structured(TrainSettings, **groups))
+    cs.store(name="bootstrap_schema", node=structured(BootstrapSettings))
 
-    name = cfg.model.get("name")
-    if name not in NETS:
-        raise ValueError(f"model.name={name!r}: expected one of {', '.join(sorted(NETS))}")
-    init = cfg.init.get("name")
-    if init not in INITS:
-        raise ValueError(f"init.name={init!r}: expected one of {', '.join(sorted(INITS))}")
-    for key in ("data.batch_size", "data.eval_batch_size", "trainer.max_epochs"):
-        val = OmegaConf.select(cfg, key)
-        if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
-            raise ValueError(f"{key}={val!r}: expected a positive integer")
+
+register()
+
+
+def plain(node) -> dict:
+    """A config section as a plain dict (resolved), without Hydra's `_target_` and the registry `name`."""
+    if isinstance(node, DictConfig):  # resolved in place: its interpolations refer to the whole config
+        values = OmegaConf.to_container(node, resolve=True)
+    else:
+        values = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                  for k, v in (node or {}).items()}
+    return {k: v for k, v in values.items() if k not in ("_target_", "name")}
+
+
+def sections(cfg: DictConfig) -> dict[str, Section]:
+    """Every section of a train config built (and so validated) from aer.settings, before any work."""
+    top = plain({k: cfg.get(k) for k in ("task_name", "seed", "tags", "threads", "ckpt_path")})
+    out = {
+        "train": TrainSettings.build({**top, **{k: plain(cfg[k]) for k in ("optim", "augment", "swa")}}),
+        "data": DataSettings.build(plain(cfg.data)),
+        "model": MODELS[cfg.model.name].build(plain(cfg.model)),
+        "init": INITS[cfg.init.name].build(plain(cfg.init)),
+    }
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"trainer.max_epochs={epochs!r}: expected a positive integer")
     limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
         raise ValueError(f"trainer.limit_train_batches={limit!r}: expected a positive number (a count of batches, "
                          f"or a fraction of them), or null for all: with 0 the run would train no step")
-    for key in ("optim.lr",):
-        val = OmegaConf.select(cfg, key)
-        if not isinstance(val, (int, float)) or val <= 0:
-            raise ValueError(f"{key}={val!r}: expected a positive number")
-    if not isinstance(cfg.get("seed"), int):
-        raise ValueError(f"seed={cfg.get('seed')!r}: expected an integer")
+    return out
 
 
-def module_kwargs(cfg: DictConfig) -> dict:
-    """The Tagger's arguments from a composed config, as plain values (they go into the checkpoint)."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    init = OmegaConf.to_container(cfg.init, resolve=True)
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    augment = OmegaConf.to_container(cfg.get("augment") or {}, resolve=True)
-    return {
-        "net": model.pop("name"), "net_kwargs": model,
-        "init": init.pop("name"), "init_kwargs": init,
-        "input_norm": cfg.data.get("normalize", "unit"),
-        **optim, **augment,
-    }
+def tagger_kwargs(cfg: DictConfig) -> dict:
+    """The Tagger's arguments from a train config, as plain values (they go into the checkpoint)."""
+    return {"model": cfg.model.name, "model_kwargs": plain(cfg.model), "init": cfg.init.name,
+            "init_kwargs": plain(cfg.init), "normalize": cfg.data.normalize,
+            "optim": plain(cfg.optim), "augment": plain(cfg.augment)}

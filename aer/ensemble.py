@@ -23,7 +23,7 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from aer.evaluate import check_bootstrap, check_split, data_overrides, format_scores, write_report
+from aer.evaluate import SPLIT_PREFIX, check_bootstrap, check_split, data_overrides, format_scores, write_report
 from aer.sweep import job_key
 from aer.utils import write_json
 
@@ -168,7 +168,7 @@ class _Members:
 
     def predict(self, split: str):
         """Yields (path, probs) per distinct checkpoint; sets `dm`, `labels` and `video_ids` before the first."""
-        from aer.checkpoint import predict_split
+        from aer.inference import predict_split
 
         dm = self.datamodule(split)
         self.dm = dm
@@ -240,7 +240,7 @@ def run(cfg: DictConfig) -> dict:
         member_scores[p] = {k: s[k] for k in ("mAP", "mAUC", "dprime", "classes_scored")}
         if per_path[p]:
             acc = (acc if acc is not None else np.zeros(probs.shape, np.float64)) + per_path[p] * probs
-        print(f"member {p} ({members.models[p].hparams.net}): mAP {s['mAP']:.4f}  weight {per_path[p]:.4f}",
+        print(f"member {p} ({members.models[p].hparams.model}): mAP {s['mAP']:.4f}  weight {per_path[p]:.4f}",
               flush=True)
     probs = acc.astype(np.float32)
     dm = members.dm
@@ -250,11 +250,10 @@ def run(cfg: DictConfig) -> dict:
     metrics, _ = write_report(out_dir, probs, members.labels, members.video_ids, dm, info, boot=cfg.get("bootstrap"))
     write_json(out_dir / "ensemble.json", {
         "split": split, "select": select, "weights": [float(w) for w in weights],
-        "members": [{"ckpt": str(p), "net": members.models[p].hparams.net, "weight": float(w),
+        "members": [{"ckpt": str(p), "model": members.models[p].hparams.model, "weight": float(w),
                      "scores": member_scores[p]} for p, w in zip(paths, weights)],
         "selection": selection,
-        "scores": {k.removeprefix("test/"): metrics[k] for k in ("test/mAP", "test/mAUC", "test/dprime",
-                                                                 "test/classes_scored")},
+        "scores": {k: metrics[f"{SPLIT_PREFIX[cfg.split]}/{k}"] for k in ("mAP", "mAUC", "dprime", "classes_scored")},
     })
     print(f"ensemble of {len(paths)} on split={split} ({len(probs)} clips from {dm.root})\n"
           f"{format_scores(metrics, probs.shape[1])}\n"

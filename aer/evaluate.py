@@ -1,17 +1,18 @@
 """Scoring one checkpoint: mAP, mAUC, d′ on the eval split (or the dev 20%), per class, with predictions.
 
-Writes into the run dir:
-  metrics.json    test/mAP, test/mAUC, test/dprime, test/classes_scored (+ what was scored), the
-                  bootstrap intervals test/{mAP,mAUC,dprime}_ci_{low,high}, per top-level ontology
-                  category test/category/<name>/{mAP,mAUC}, and micro and macro
-                  test/{micro,macro}_{f1,precision,recall} of the decisions at the checkpoint's
+Writes into the run dir (S is test for split=eval, val for split=val):
+  metrics.json    S/mAP, S/mAUC, S/dprime, S/classes_scored (+ what was scored), the
+                  bootstrap intervals S/{mAP,mAUC,dprime}_ci_{low,high}, per top-level ontology
+                  category S/category/<name>/{mAP,mAUC}, and micro and macro
+                  S/{micro,macro}_{f1,precision,recall} of the decisions at the checkpoint's
                   thresholds (`python -m aer.thresholds`; 0.5 where it holds none)
   per_class.csv   index, mid, name, positives, train_positives, AP, AUC (empty for classes without
                   positives; train_positives: in the clips the model was trained on), threshold,
                   predicted, precision, recall, F1
   per_category.csv  id, name, classes, classes_scored, mAP, mAUC (when data.root holds ontology.json)
   predictions.h5  probs float32 (N, C), labels bool (N, C), video_id (N,)
-"test/" names the scored split whichever it is (`split` says which), as `trainer.test` does.
+The keys are test/* for split=eval (as `trainer.test` logs them) and val/* for split=val (the dev 20%,
+as training's validation logs them).
 
 torch and Lightning take seconds to import, so they are imported inside `run`, after the config
 checks: a mistyped option is reported at once.
@@ -35,7 +36,10 @@ from aer.utils import atomic_path, atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("eval", "val")
+# split scored → the prefix of its metrics: the eval split is the test set, as `trainer.test` logs it;
+# the dev 20% is the validation set, as in training
+SPLIT_PREFIX = {"eval": "test", "val": "val"}
+SPLITS = tuple(SPLIT_PREFIX)
 # data.* keys that name files: given relative to where the user ran the command
 _PATH_KEYS = ("root", "cache_dir")
 
@@ -57,14 +61,10 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_bootstrap(cfg: DictConfig) -> None:
-    boot = cfg.get("bootstrap") or {}
-    reps, level, seed = boot.get("replicates"), boot.get("level"), boot.get("seed")
-    if not isinstance(reps, int) or isinstance(reps, bool) or reps < 0:
-        raise ValueError(f"bootstrap.replicates={reps!r}: expected a whole number of resamples (0: no intervals)")
-    if not isinstance(level, float) or not 0.0 < level < 1.0:
-        raise ValueError(f"bootstrap.level={level!r}: expected a confidence level between 0 and 1, e.g. 0.95")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"bootstrap.seed={seed!r}: expected an integer")
+    from aer.config import plain
+    from aer.settings import BootstrapSettings
+
+    BootstrapSettings.build(plain(cfg.bootstrap))
 
 
 def data_overrides(cfg: DictConfig) -> dict:
@@ -77,6 +77,10 @@ def data_overrides(cfg: DictConfig) -> dict:
     for key in _PATH_KEYS:
         if out.get(key):
             out[key] = to_absolute_path(str(out[key]))
+    from aer.schema import check
+    from aer.settings import DataSettings
+
+    check(DataSettings, out, "data")  # before the checkpoint is read: the same rules as training's
     return out
 
 
@@ -119,7 +123,7 @@ def write_per_class(path: Path, summary: dict, decisions: dict, thresholds: np.n
 DECISION_KEYS = ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "macro_precision", "macro_recall")
 
 
-def write_per_category(out: Path, root: Path, summary: dict, class_names: list[tuple[str, str]]) -> dict:
+def write_per_category(out: Path, root: Path, summary: dict, class_names: list[tuple[str, str]], pre: str) -> dict:
     """per_category.csv and the metrics.json entries, from root/ontology.json; {} when it is absent."""
     from aer.ontology import ONTOLOGY_FILE, category_scores, read_ontology, top_level_classes
 
@@ -135,7 +139,7 @@ def write_per_category(out: Path, root: Path, summary: dict, class_names: list[t
     for r in rows:
         w.writerow([r["id"], r["name"], r["classes"], r["classes_scored"], _num(r["mAP"]), _num(r["mAUC"])])
     atomic_write_text(out / "per_category.csv", buf.getvalue())
-    return {f"test/category/{r['name']}/{k}": r[k] for r in rows for k in ("mAP", "mAUC")}
+    return {f"{pre}/category/{r['name']}/{k}": r[k] for r in rows for k in ("mAP", "mAUC")}
 
 
 def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, video_ids, dm,
@@ -153,6 +157,7 @@ def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarr
     from aer.metrics import bootstrap_ci, decision_scores, summarize
 
     out = Path(out_dir)
+    pre = SPLIT_PREFIX[info["split"]]
     class_names = dm.class_names()
     if len(class_names) != probs.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {probs.shape[1]} classes")
@@ -164,24 +169,25 @@ def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarr
     write_predictions(out / "predictions.h5", probs, labels, video_ids,
                       {"split": info.get("split", ""), "source": info.get("ckpt", info.get("members", ""))})
     write_per_class(out / "per_class.csv", summary, decisions, thr, class_names, dm.train_positives())
-    metrics = {"status": "ok", **{f"test/{k}": summary[k] for k in
+    metrics = {"status": "ok", **{f"{pre}/{k}": summary[k] for k in
                                   ("mAP", "mAUC", "dprime", "classes_scored", "classes_unscored")},
-               **{f"test/{k}": decisions[k] for k in DECISION_KEYS}, "thresholds": thr_source,
+               **{f"{pre}/{k}": decisions[k] for k in DECISION_KEYS}, "thresholds": thr_source,
                "clips": int(len(probs)), **info}
     if boot and boot.get("replicates"):
         t0 = time.time()
         ci = bootstrap_ci(probs_t, labels_t, boot["replicates"], boot["level"], boot["seed"])
-        metrics.update({f"test/{k}": v for k, v in ci.items()})
+        metrics.update({f"{pre}/{k}": v for k, v in ci.items()})
         metrics.update({"bootstrap_replicates": boot["replicates"], "bootstrap_level": boot["level"],
                         "bootstrap_seed": boot["seed"]})
         log.info("bootstrap intervals from %d replicates in %.1f s", boot["replicates"], time.time() - t0)
-    metrics.update(write_per_category(out, dm.root, summary, class_names))
+    metrics.update(write_per_category(out, dm.root, summary, class_names, pre))
     write_json(out / "metrics.json", metrics)
     return metrics, summary
 
 
 def format_scores(metrics: Mapping, num_classes: int) -> str:
     level = metrics.get("bootstrap_level")
+    pre = SPLIT_PREFIX[metrics["split"]]
 
     def line(label: str, key: str) -> str:
         text = f"{label} {metrics[key]:.4f}"
@@ -189,16 +195,16 @@ def format_scores(metrics: Mapping, num_classes: int) -> str:
             text += f"  [{level:.0%} CI {metrics[key + '_ci_low']:.4f}, {metrics[key + '_ci_high']:.4f}]"
         return text
 
-    lines = [line("mAP ", "test/mAP"), line("mAUC", "test/mAUC"), line("d'  ", "test/dprime"),
-             f"classes scored: {metrics['test/classes_scored']} of {num_classes} "
-             f"({metrics['test/classes_unscored']} without positives in the split are left out of the means)"]
-    cats = sorted({k.split("/")[2] for k in metrics if k.startswith("test/category/")})
+    lines = [line("mAP ", f"{pre}/mAP"), line("mAUC", f"{pre}/mAUC"), line("d'  ", f"{pre}/dprime"),
+             f"classes scored: {metrics[f'{pre}/classes_scored']} of {num_classes} "
+             f"({metrics[f'{pre}/classes_unscored']} without positives in the split are left out of the means)"]
+    cats = sorted({k.split("/")[2] for k in metrics if k.startswith(f"{pre}/category/")})
     for name in cats:
-        lines.append(f"  {name:<40} mAP {metrics[f'test/category/{name}/mAP']:.4f}  "
-                     f"mAUC {metrics[f'test/category/{name}/mAUC']:.4f}")
+        lines.append(f"  {name:<40} mAP {metrics[f'{pre}/category/{name}/mAP']:.4f}  "
+                     f"mAUC {metrics[f'{pre}/category/{name}/mAUC']:.4f}")
     lines.append(f"at thresholds {metrics['thresholds']}:")
-    lines += [f"  {avg:5} F1 {metrics[f'test/{avg}_f1']:.4f}  precision {metrics[f'test/{avg}_precision']:.4f}  "
-              f"recall {metrics[f'test/{avg}_recall']:.4f}" for avg in ("micro", "macro")]
+    lines += [f"  {avg:5} F1 {metrics[f'{pre}/{avg}_f1']:.4f}  precision {metrics[f'{pre}/{avg}_precision']:.4f}  "
+              f"recall {metrics[f'{pre}/{avg}_recall']:.4f}" for avg in ("micro", "macro")]
     return "\n".join(lines)
 
 
@@ -214,9 +220,9 @@ def run(cfg: DictConfig) -> dict:
         datamodule_from_checkpoint,
         decision_thresholds,
         load_checkpoint,
-        predict_split,
         tagger_from_checkpoint,
     )
+    from aer.inference import predict_split
 
     ckpt = load_checkpoint(ckpt_path)
     model = tagger_from_checkpoint(ckpt, str(ckpt_path))
@@ -225,7 +231,7 @@ def run(cfg: DictConfig) -> dict:
     del ckpt  # the weights now live in the model
     probs, labels, video_ids = predict_split(model, dm)
     out_dir = Path(cfg.paths.output_dir)
-    info = {"split": split, "ckpt": str(ckpt_path), "net": model.hparams.net, "data_root": str(dm.root),
+    info = {"split": split, "ckpt": str(ckpt_path), "model": model.hparams.model, "data_root": str(dm.root),
             "seconds": round(time.time() - t0, 2)}
     metrics, _ = write_report(out_dir, probs, labels, video_ids, dm, info, thresholds, cfg.get("bootstrap"))
     print(f"{ckpt_path} on split={split} ({len(probs)} clips from {dm.root})\n"

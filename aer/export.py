@@ -45,18 +45,13 @@ def release_model(tagger):
     """The Tagger behind the release's input: uint8 features and lengths in, probabilities out."""
     import torch
 
-    from aer.models.skiplstm import frame_mask
-
     class ReleaseTagger(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.tagger = tagger.eval()
 
         def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-            # as aer's data module serves clips: x/255, frames past a clip's length zero
-            mask = frame_mask(lengths, features.shape[1])[..., None]
-            x = features.float().div(255.0) * mask
-            return self.tagger.predict_proba(x, lengths)
+            return self.tagger.predict_proba(features, lengths)  # scales and masks as in training
 
     return ReleaseTagger().eval()
 
@@ -67,7 +62,7 @@ def metadata(ckpt: dict, source: str, names: list[tuple[str, str]], thresholds: 
     hp = ckpt["hyper_parameters"]
     frames, dims, n = int(hp.get("max_frames", 10)), int(hp.get("in_dim", 128)), int(hp.get("num_classes", 527))
     norm = "then (x - mean) / std per dimension with the training split's statistics" \
-        if hp.get("input_norm") == "standardize" else "no other normalisation"
+        if hp.get("normalize") == "standardize" else "no other normalisation"
     entries = {
         "aer.classes": [{"index": i, "mid": mid, "name": name} for i, (mid, name) in enumerate(names)],
         "aer.input": {
@@ -83,8 +78,8 @@ def metadata(ckpt: dict, source: str, names: list[tuple[str, str]], thresholds: 
                            "decide": "a clip is tagged with class c where probs[c] >= values[c]; null: never "
                                      "(no threshold reached rule=precision's target on the dev split)",
                            "source": thr_source, **_stored_info(ckpt)},
-        "aer.model": {"net": hp.get("net"), "net_kwargs": hp.get("net_kwargs") or {},
-                      "input_norm": hp.get("input_norm", "unit"), "checkpoint": source,
+        "aer.model": {"model": hp.get("model"), "model_kwargs": hp.get("model_kwargs") or {},
+                      "normalize": hp.get("normalize"), "checkpoint": source,
                       "epoch": ckpt.get("epoch"), "aer_version": _version()},
     }
     return {k: json.dumps(v, ensure_ascii=False, allow_nan=False) for k, v in entries.items()}
@@ -252,9 +247,9 @@ def run(cfg: DictConfig) -> dict:
         WRITERS[cfg.format](model, example, tmp, meta)
         worst = check(tmp, cfg.format, model, hp.max_frames, hp.in_dim)
     result = {"status": "ok", "out": str(out), "format": cfg.format, "bytes": out.stat().st_size,
-              "net": hp.net, "ckpt": str(path), "thresholds": thr_source, "max_abs_diff": worst,
+              "model": hp.model, "ckpt": str(path), "thresholds": thr_source, "max_abs_diff": worst,
               "seconds": round(time.time() - t0, 2)}
-    print(f"wrote {out} ({cfg.format}, {result['bytes'] / 1e6:.1f} MB, net={hp.net}): features uint8 "
+    print(f"wrote {out} ({cfg.format}, {result['bytes'] / 1e6:.1f} MB, model={hp.model}): features uint8 "
           f"(batch, {hp.max_frames}, {hp.in_dim}) + lengths int64 (batch,) -> probs float32 (batch, "
           f"{hp.num_classes}); thresholds {thr_source}; checked against PyTorch: max |dp| = {worst:.2g}", flush=True)
     return result

@@ -7,33 +7,35 @@ gate, not over the stacked 4 gates), zeroes their biases, and resets BatchNorm
 to weight 1, bias 0. ``default`` keeps PyTorch's own initialisation.
 """
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from aer.settings import INITS
+
 TensorInit = Callable[..., Any]
 
 
-def _xavier(w: torch.Tensor, gain: float = 1.0) -> None:
+# The options of each scheme (init.* in the config), their defaults and allowed values: aer.settings.INITS.
+def _xavier(w: torch.Tensor, *, gain: float) -> None:
     nn.init.xavier_uniform_(w, gain=gain)
 
 
-def _kaiming(w: torch.Tensor, nonlinearity: str = "relu", a: float = 0.0) -> None:
+def _kaiming(w: torch.Tensor, *, nonlinearity: str, a: float) -> None:
     nn.init.kaiming_uniform_(w, a=a, mode="fan_in", nonlinearity=nonlinearity)
 
 
-def _orthogonal(w: torch.Tensor, gain: float = 1.0) -> None:
+def _orthogonal(w: torch.Tensor, *, gain: float) -> None:
     nn.init.orthogonal_(w, gain=gain)
 
 
-def _normal(w: torch.Tensor, std: float = 0.01) -> None:
+def _normal(w: torch.Tensor, *, std: float) -> None:
     nn.init.normal_(w, mean=0.0, std=std)
 
 
-def _uniform(w: torch.Tensor, a: float = 0.05) -> None:
+def _uniform(w: torch.Tensor, *, a: float) -> None:
     nn.init.uniform_(w, -a, a)
 
 
@@ -56,34 +58,23 @@ def _init_weights(module: nn.Module, init: TensorInit, **kwargs: Any) -> None:
             m.bias.zero_()
 
 
-def _scheme(init: TensorInit) -> Callable[..., None]:
-    def apply(module: nn.Module, **kwargs: Any) -> None:
-        # Check the options before touching any weight, so a typo cannot leave
-        # the module half initialised.
-        inspect.signature(init).bind(None, **kwargs)
-        _init_weights(module, init, **kwargs)
-
-    apply.__doc__ = f"Apply {init.__name__.lstrip('_')} to every Linear/LSTM weight; zero biases."
-    return apply
-
-
-def _default(module: nn.Module) -> None:
-    """Leave PyTorch's initialisation untouched."""
-
-
-INITS: dict[str, Callable[..., None]] = {
-    "default": _default,
-    "kaiming": _scheme(_kaiming),
-    "normal": _scheme(_normal),
-    "orthogonal": _scheme(_orthogonal),
-    "uniform": _scheme(_uniform),
-    "xavier": _scheme(_xavier),
+# None: PyTorch's own initialisation, untouched
+SCHEMES: dict[str, TensorInit | None] = {
+    "default": None,
+    "kaiming": _kaiming,
+    "normal": _normal,
+    "orthogonal": _orthogonal,
+    "uniform": _uniform,
+    "xavier": _xavier,
 }
 
 
-def apply_init(module: nn.Module, name: str, **kwargs: Any) -> nn.Module:
-    """Initialise `module` in place with scheme `name` (options as keywords); returns it."""
-    if name not in INITS:
-        raise ValueError(f"unknown init {name!r}; allowed: {', '.join(sorted(INITS))}")
-    INITS[name](module, **kwargs)
+def apply_init(module: nn.Module, name: str, **options: Any) -> nn.Module:
+    """Initialise `module` in place with scheme `name` (its options checked first, so a typo cannot
+    leave the module half initialised); returns it."""
+    if name not in SCHEMES:
+        raise ValueError(f"init={name!r}: expected one of {', '.join(sorted(SCHEMES))}")
+    settings = INITS[name].build(options).as_dict()
+    if SCHEMES[name] is not None:
+        _init_weights(module, SCHEMES[name], **settings)
     return module

@@ -1,4 +1,4 @@
-"""`Tagger`: the LightningModule around any registered network (loss, optimizer, metrics, logging)."""
+"""`Tagger`: the LightningModule around any registered network (inputs, loss, optimizer, metrics, logging)."""
 
 from __future__ import annotations
 
@@ -8,57 +8,52 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from aer.data.records import EMBED_DIM, MAX_FRAMES
 from aer.init import apply_init
 from aer.metrics import TaggingMetrics
 from aer.models import build_net
-
-SCHEDULERS = ("none", "cosine", "step")
-INPUT_NORMS = ("unit", "standardize")
+from aer.models.skiplstm import frame_mask
+from aer.schema import check
+from aer.settings import AugmentSettings, DataSettings, OptimSettings
+from aer.utils import error_line
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def _check_number(key: str, val, lo: float, hi: float | None, open_low: bool = False) -> None:
-    ok = isinstance(val, (int, float)) and not isinstance(val, bool) and (val > lo if open_low else val >= lo)
-    if not ok or (hi is not None and val > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f"{'above' if open_low else 'at least'} {lo}"
-        raise ValueError(f"{key}={val!r}: expected a number {bound}")
-
-
 class Tagger(pl.LightningModule):
     """Multi-label tagger: sigmoid cross-entropy on logits, Adam, mAP/mAUC on validation and test.
 
-    Every argument is a plain value and is stored in the checkpoint, so
-    `Tagger.load_from_checkpoint(path)` rebuilds the network with no config at hand.
+    Arguments are named as the config keys they come from: model=NAME with its model.* options,
+    init=NAME with init.*, data.normalize, and the optim.* and augment.* sections (aer.settings
+    declares them all and their defaults). Every argument is a plain value stored in the
+    checkpoint, so `aer.checkpoint.load_tagger(path)` rebuilds the network with no config at hand.
+
+    The Tagger owns its inputs: it takes the uint8 features the data serves (or any 0-255 scale),
+    divides them by 255 and, with normalize=standardize, standardises them with statistics stored
+    in the checkpoint (`set_input_stats`). `predict_proba` is the one way to probabilities.
     """
 
-    def __init__(self, net: str = "fc", net_kwargs: dict | None = None, init: str = "xavier",
-                 init_kwargs: dict | None = None, num_classes: int = 527, max_frames: int = 10, in_dim: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 scheduler: str = "none", warmup_epochs: float = 0.0, min_lr_ratio: float = 0.0,
-                 step_size: int = 10, gamma: float = 0.5, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-                 input_norm: str = "unit"):
+    def __init__(self, model: str, init: str, model_kwargs: dict | None = None, init_kwargs: dict | None = None,
+                 normalize: str = DataSettings.normalize, optim: dict | None = None, augment: dict | None = None,
+                 num_classes: int = DataSettings.num_classes, max_frames: int = MAX_FRAMES, in_dim: int = EMBED_DIM):
         super().__init__()
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"optim.scheduler={scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
-        if input_norm not in INPUT_NORMS:
-            raise ValueError(f"data.normalize={input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
-        _check_number("optim.lr", lr, 0, None, open_low=True)
-        _check_number("optim.weight_decay", weight_decay, 0, None)
-        _check_number("optim.warmup_epochs", warmup_epochs, 0, None)
-        _check_number("optim.min_lr_ratio", min_lr_ratio, 0, 1)
-        _check_number("augment.mixup_alpha", mixup_alpha, 0, None)
-        _check_number("augment.label_smoothing", label_smoothing, 0, 1)
-        self.save_hyperparameters(logger=False)
+        check(DataSettings, {"normalize": normalize}, "data")
+        # Stored complete (defaults filled in), so a checkpoint says everything it was trained with.
+        optim = OptimSettings.build(optim).as_dict()
+        augment = AugmentSettings.build(augment).as_dict()
+        self.save_hyperparameters(
+            {"model": model, "model_kwargs": dict(model_kwargs or {}), "init": init,
+             "init_kwargs": dict(init_kwargs or {}), "normalize": normalize, "optim": optim, "augment": augment,
+             "num_classes": num_classes, "max_frames": max_frames, "in_dim": in_dim}, logger=False)
         try:
-            self.net = build_net(net, num_classes=num_classes, in_dim=in_dim, max_frames=max_frames,
-                                 **(net_kwargs or {}))
-        except (TypeError, ValueError, RuntimeError) as e:  # a model.* value the network cannot take
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"model={net} {net_kwargs or {}}: cannot build the network: {first}") from None
+            self.net = build_net(model, num_classes=num_classes, in_dim=in_dim, max_frames=max_frames,
+                                 **(model_kwargs or {}))
+        except (TypeError, RuntimeError) as e:  # a model.* value the network cannot take
+            raise ValueError(f"model={model} {model_kwargs or {}}: cannot build the network: {error_line(e)}") from None
         apply_init(self.net, init, **(init_kwargs or {}))
+        self.optim, self.augment = OptimSettings(**optim), AugmentSettings(**augment)
         # Standardisation statistics live in the checkpoint, so a loaded model needs no dataset.
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
@@ -67,35 +62,44 @@ class Tagger(pl.LightningModule):
         self.test_metrics = TaggingMetrics()
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension statistics of the training frames, on the x/255 scale (AudioSetDataModule.input_stats)."""
         self.input_mean.copy_(mean)
         self.input_std.copy_(std.clamp_min(1e-6))
 
+    @staticmethod
+    def scale(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """uint8 features (0-255) as floats on the [0, 1] scale the networks are trained on; frames at
+        and past a clip's length are zero (as the data pads them), whatever the input holds there."""
+        return features.float().div(255.0) * frame_mask(lengths, features.shape[1]).unsqueeze(-1)
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.hparams.input_norm == "standardize":
-            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1)
-            x = ((x - self.input_mean) / self.input_std) * mask  # padding stays zero
+        """Logits of scaled clips `x` (B, T, D) on [0, 1] (padding zero), standardised here if asked."""
+        if self.hparams.normalize == "standardize":
+            x = ((x - self.input_mean) / self.input_std) * frame_mask(lengths, x.shape[1]).unsqueeze(-1)  # padding: 0
         return self.net(x, lengths)
 
-    def predict_proba(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self(x, lengths))
+    def predict_proba(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Probabilities (B, C) of uint8 `features` (B, T, D) as the data serves them."""
+        return torch.sigmoid(self(self.scale(features, lengths), lengths))
 
     # ---- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x, lengths, y = batch["x"], batch["lengths"], batch["y"]
-        if self.hparams.mixup_alpha > 0:
-            lam = float(torch.distributions.Beta(self.hparams.mixup_alpha, self.hparams.mixup_alpha).sample())
+        lengths, y = batch["lengths"], batch["y"]
+        x = self.scale(batch["features"], lengths)
+        aug = self.augment
+        if aug.mixup_alpha > 0:
+            lam = float(torch.distributions.Beta(aug.mixup_alpha, aug.mixup_alpha).sample())
             perm = torch.randperm(len(x), device=x.device)
             x = lam * x + (1 - lam) * x[perm]
             y = lam * y + (1 - lam) * y[perm]
             lengths = torch.maximum(lengths, lengths[perm])
-        if self.hparams.label_smoothing > 0:
-            eps = self.hparams.label_smoothing
-            y = y * (1 - eps) + 0.5 * eps
+        if aug.label_smoothing > 0:
+            y = y * (1 - aug.label_smoothing) + 0.5 * aug.label_smoothing
         loss = F.binary_cross_entropy_with_logits(self(x, lengths), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
-                f"try a lower optim.lr (now {self.hparams.lr}), optim.warmup_epochs>0, another init, "
+                f"try a lower optim.lr (now {self.optim.lr}), optim.warmup_epochs>0, another init, "
                 f"or check the input data")
         # The epoch's mean loss is summed here and logged once, at the epoch's end: every self.log call
         # walks Lightning's result metadata (~3 ms a call on a laptop CPU, a fifth of an FC step), so
@@ -121,7 +125,7 @@ class Tagger(pl.LightningModule):
                      prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = self.optim
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         if hp.scheduler == "none" and hp.warmup_epochs <= 0:
             return opt
@@ -148,7 +152,7 @@ class Tagger(pl.LightningModule):
             self.log(f"{prefix}/loss", torch.zeros((), device=self.device), on_epoch=True, batch_size=0,
                      sync_dist=True)
             return
-        logits = self(batch["x"], batch["lengths"])
+        logits = self(self.scale(batch["features"], batch["lengths"]), batch["lengths"])
         loss = F.binary_cross_entropy_with_logits(logits, batch["y"])
         self.log(f"{prefix}/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
         metrics.update(torch.sigmoid(logits), batch["y"])
@@ -169,6 +173,3 @@ class Tagger(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end(self.test_metrics, "test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"probs": self.predict_proba(batch["x"], batch["lengths"]), "index": batch["index"]}

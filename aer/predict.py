@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,6 @@ from aer.entry import cli, task
 from aer.utils import atomic_open
 
 if TYPE_CHECKING:
-    import torch
 
     from aer.module import Tagger
 
@@ -147,21 +145,6 @@ def class_names(labels: str | None, data_root: str | None, input_path: str | os.
     return read_class_labels(cands[0].parent if cands else Path("."), num_classes), None
 
 
-# ---- the model
-def iter_proba(model: Tagger, features: np.ndarray, lengths: np.ndarray,
-               batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first row, probabilities (B, C)) per batch; x is the uint8 features / 255, as in training."""
-    import torch
-
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for i in range(0, len(lengths), batch_size):
-            x = torch.from_numpy(features[i:i + batch_size]).to(device).float().div_(255.0)
-            n = torch.from_numpy(np.asarray(lengths[i:i + batch_size], dtype=np.int64)).to(device)
-            yield i, model.predict_proba(x, n).float().cpu()
-
-
 def _tagged(probs: np.ndarray, thresholds: np.ndarray) -> list[list[int]]:
     """Per clip, the classes at or above their threshold, most probable first."""
     rows, cols = np.nonzero(probs >= thresholds[None, :])
@@ -188,7 +171,10 @@ def write_predictions(model: Tagger, clips: dict[str, np.ndarray], names: list[t
         w.writerow(CSV_COLUMNS)
         wl.writerow(LABELS_COLUMNS)
         fj.write("[")
-        for first, probs in iter_proba(model, clips["features"], clips["lengths"], batch_size):
+        from aer.inference import array_batches, iter_proba
+
+        batches = array_batches(clips["features"], clips["lengths"], batch_size)
+        for first, probs in zip(range(0, len(ids), batch_size), iter_proba(model, batches)):
             top_p, top_i = torch.topk(probs, top_k, dim=1)  # sorted, most probable first
             probs = probs.numpy()
             tagged = _tagged(probs, thresholds)

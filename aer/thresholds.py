@@ -47,7 +47,8 @@ def _dev_thresholds(cfg: DictConfig, ckpt: dict, source: str) -> dict:
     """Chooses the thresholds on the dev split; the checkpoint entry to store."""
     import torch
 
-    from aer.checkpoint import datamodule_from_checkpoint, predict_split, tagger_from_checkpoint
+    from aer.checkpoint import datamodule_from_checkpoint, tagger_from_checkpoint
+    from aer.inference import predict_split
     from aer.metrics import choose_thresholds, decision_scores
 
     model = tagger_from_checkpoint(ckpt, source)

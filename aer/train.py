@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import StochasticWeightAveraging
 
 from aer.callbacks import BestMetric, Divergence, FrozenHeap, Throughput
-from aer.ckpt_io import AtomicCheckpointIO
-from aer.config import check_train_config, module_kwargs
+from aer.checkpoint import AtomicCheckpointIO, load_checkpoint
+from aer.config import sections, tagger_kwargs
+from aer.launch import ddp_launch, job_state
 from aer.module import Tagger
 from aer.search import OptunaPruning
 from aer.utils import remove_stale_partials, write_json
@@ -44,8 +42,6 @@ SPLIT_KEYS = ("mode", "train_split", "val_fraction", "split_seed", "num_classes"
 
 def check_resume(path: str, dm) -> None:
     """The checkpoint must be an aer one (read by the one safe loader) trained on the same split."""
-    from aer.checkpoint import load_checkpoint
-
     stored = load_checkpoint(path).get("datamodule_hyper_parameters") or {}
     for key in SPLIT_KEYS:
         if key in stored and stored[key] != dm.hparams.get(key):
@@ -66,7 +62,8 @@ def no_steps_reason(trainer: pl.Trainer, dm) -> str:
 def hparams_for_dashboard(cfg: DictConfig) -> dict:
     """The values a sweep compares, flat, for TensorBoard's HParams tab."""
     flat = {"model": cfg.model.name, "init": cfg.init.name, "seed": cfg.seed, "data.mode": cfg.data.mode,
-            "data.batch_size": cfg.data.batch_size, "data.normalize": cfg.data.get("normalize", "unit")}
+            "data.batch_size": cfg.data.batch_size, "data.normalize": cfg.data.normalize,
+            "tags": ",".join(map(str, cfg.tags))}
     for section in ("model", "init", "optim", "augment"):
         for k, v in (OmegaConf.to_container(cfg.get(section) or {}, resolve=True)).items():
             if k != "name":
@@ -104,13 +101,6 @@ def log_checkpoints(loggers: list, paths: list[str | None]) -> None:
                 lg.experiment.log_artifact(lg.run_id, p, "checkpoints")
 
 
-def _finish_wandb() -> None:
-    """Lightning's WandbLogger leaves its run open, and a sweep's next job would log into it."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
-
-
 def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
     """A callback that writes last.ckpt after every epoch, where the monitored checkpoint would not.
 
@@ -127,129 +117,62 @@ def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
     return []
 
 
-def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
-    """The command Lightning runs for a DDP rank > 0 under a Hydra multirun.
-
-    Lightning's own (`_hydra_subprocess_cmd`) re-runs sys.argv, which in a multirun is the whole
-    sweep (`-m a=1,2`): each rank would start a sweep of its own. This re-runs only the current
-    job, from its resolved overrides, in the job's own output dir.
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_original_cwd
-
-    import __main__
-
-    hc = HydraConfig.get()
-    script = ["-m", __main__.__spec__.name] if __main__.__spec__ else [str(Path(get_original_cwd(), sys.argv[0]))]
-    flags = [a for i, a in enumerate(sys.argv[1:], 1)
-             if a.startswith(("--config-", "-c")) or sys.argv[i - 1] in ("-cp", "-cn", "-cd", "--config-path",
-                                                                         "--config-name", "--config-dir")]
-    keep = [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(
-        ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.job.name", "hydra.output_subdir",
-         "hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper."))]
-    cmd = [sys.executable, *script, *flags, *hc.overrides.task, *keep,
-           f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name={hc.job.name}_ddp_process_{local_rank}",
-           "hydra.output_subdir=null"]
-    return cmd, get_original_cwd()
-
-
-def _check_ddp_launch(trainer: pl.Trainer) -> None:
-    """Makes Lightning's re-launch of the script for DDP ranks > 0 work in a Hydra multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    launcher = getattr(trainer.strategy, "launcher", None)
-    if (type(launcher).__name__ != "_SubprocessScriptLauncher" or not HydraConfig.initialized()
-            or trainer.strategy.cluster_environment.creates_processes_externally):
-        return  # one process, ranks started by the cluster (srun, torchrun), or a rank > 0 itself
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return  # Lightning's own command re-runs this single run in its run dir
-    if not str(hc.launcher.get("_target_", "")).endswith("BasicLauncher"):
-        raise ValueError(
-            f"trainer.strategy={trainer.strategy.__class__.__name__} with {trainer.num_devices} devices starts its "
-            f"other ranks by re-running the script, which a {hc.launcher._target_.rsplit('.', 1)[-1]} job cannot do: "
-            f"sweep DDP runs with the basic launcher (one job after another), or on SLURM with "
-            f"hydra/launcher=slurm_ddp (one SLURM task per device: SLURM starts every rank)")
-    import pytorch_lightning.strategies.launchers.subprocess_script as sub
-
-    sub._hydra_subprocess_cmd = _ddp_child_command
-
-
-# Set in os.environ by Lightning's DDP launch; a multirun's next job must start without them.
-_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+def build(cfg: DictConfig) -> tuple:
+    """(data module, Tagger, Lightning trainer, aer's own callbacks) for a checked train config."""
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
+    dm.check_layout()
+    model = Tagger(**tagger_kwargs(cfg))
+    ours = {"throughput": Throughput(), "best": BestMetric("val/mAP"), "divergence": Divergence()}
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += last_epoch_checkpoint(callbacks)
+    if cfg.swa.enabled:
+        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr,
+                                                   swa_epoch_start=cfg.swa.epoch_start,
+                                                   annealing_epochs=cfg.swa.annealing_epochs))
+    callbacks += [*ours.values(), FrozenHeap()]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg) or False,
+                                                  plugins=[AtomicCheckpointIO()])
+    if dm.normalize == "standardize":
+        dm.prepare_data()
+        dm.setup("fit")
+        model.set_input_stats(*dm.input_stats())
+    return dm, model, trainer, ours
 
 
 def run(cfg: DictConfig) -> dict:
     """Trains (and, in final mode, tests) one model; returns what it writes to metrics.json."""
-    env = {k: os.environ.get(k) for k in _DDP_ENV}
-    try:
+    sections(cfg)  # every setting checked before any work
+    with job_state(cfg.threads):
         return _run(cfg)
-    finally:  # leave the process as a multirun's next job (or DDP run) expects to find it
-        import torch.distributed as dist
-
-        _finish_wandb()
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _run(cfg: DictConfig) -> dict:
     t0 = time.time()
-    check_train_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True)
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
-    dm.check_layout()
+    dm, model, trainer, ours = build(cfg)
     final = dm.mode == "final"
-    with open_dict(cfg):
-        if final:  # no validation split: keep the last epoch's weights, as the report's final models
-            cfg.trainer.limit_val_batches = 0
-            cfg.callbacks.model_checkpoint.monitor = None
-            cfg.callbacks.model_checkpoint.filename = "final"
-    model = Tagger(**module_kwargs(cfg))
-    throughput, best, divergence = Throughput(), BestMetric("val/mAP"), Divergence()
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks += last_epoch_checkpoint(callbacks)
-    use_swa = bool(cfg.swa.enabled)  # conf/train.yaml holds the swa section's defaults
-    if use_swa:
-        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr,
-                                                   swa_epoch_start=cfg.swa.epoch_start,
-                                                   annealing_epochs=cfg.swa.annealing_epochs))
-    callbacks += [throughput, best, divergence, FrozenHeap()]
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg) or False,
-                                                  plugins=[AtomicCheckpointIO()])
-    if model.hparams.input_norm == "standardize":
-        dm.prepare_data()
-        dm.setup("fit")
-        model.set_input_stats(*dm.input_stats())
     ckpt_cb = trainer.checkpoint_callback
     for folder in (out_dir, Path(ckpt_cb.dirpath)):
         remove_stale_partials(folder)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(ckpt_cb.dirpath))
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(ckpt_cb.dirpath))
     if ckpt_path:
         check_resume(ckpt_path, dm)
-    _check_ddp_launch(trainer)
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    with ddp_launch(trainer):
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.global_step == 0:
         raise ValueError(f"the run trained no step ({no_steps_reason(trainer, dm)}): nothing to report")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
     best_path = ckpt_cb.best_model_path or None
-    if use_swa:  # the model now holds the averaged weights: they are the run's result
+    if cfg.swa.enabled:  # the model now holds the averaged weights: they are the run's result
         best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")
         trainer.save_checkpoint(best_path)
     # Validate the weights the model holds after fit when the last epoch's metrics do not describe
     # them: SWA's averaged weights, or a resume from a checkpoint that had already finished training
     # (a run killed after its last epoch was saved, before metrics.json), where fit ran no epoch.
     resumed_finished = "val/mAP" not in metrics and trainer.limit_val_batches
-    if not final and (use_swa or resumed_finished):
+    if not final and (cfg.swa.enabled or resumed_finished):
         if resumed_finished:
             log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
         metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
@@ -257,10 +180,10 @@ def _run(cfg: DictConfig) -> dict:
         for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items():
             metrics[k] = float(v)
     else:
-        metrics["val/mAP_best"] = best.best
-    metrics["train/clips_per_s"] = throughput.clips_per_s
-    pruned = any(isinstance(cb, OptunaPruning) and cb.pruned_epoch is not None for cb in callbacks)
-    diverged = None if pruned else divergence.verdict(metrics, trainer.current_epoch)
+        metrics["val/mAP_best"] = ours["best"].best
+    metrics["train/clips_per_s"] = ours["throughput"].clips_per_s
+    pruned = any(isinstance(cb, OptunaPruning) and cb.pruned_epoch is not None for cb in trainer.callbacks)
+    diverged = None if pruned else ours["divergence"].verdict(metrics, trainer.current_epoch)
     result = {
         **metrics, "status": "pruned" if pruned else "diverged" if diverged else "ok", "diverged": diverged,
         "epochs": trainer.current_epoch, "global_step": trainer.global_step,

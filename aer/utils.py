@@ -41,6 +41,13 @@ def _clean(obj):
     return obj
 
 
+def error_line(e: BaseException) -> str:
+    """`Type: first line of the message` (the type alone when it says nothing): an error folded for one line."""
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -39,9 +39,9 @@ class PlainLoop:
 
     def __init__(self, dm: AudioSetDataModule, net_name: str, seed: int):
         torch.manual_seed(seed)
-        self.net = Tagger(net=net_name, net_kwargs=MODELS[net_name]).net
+        self.net = Tagger(model=net_name, init="xavier", model_kwargs=MODELS[net_name]).net
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
-        self.ds, self.bs = dm._sets["train"], dm.batch_size
+        self.ds, self.bs = dm.train_dataloader().dataset, dm.batch_size
         self.rates: list[float] = []
 
     def epoch(self) -> None:
@@ -50,7 +50,8 @@ class PlainLoop:
         t0 = time.perf_counter()
         for i in range(0, n, self.bs):
             b = self.ds[perm[i:i + self.bs]]
-            loss = F.binary_cross_entropy_with_logits(self.net(b["x"], b["lengths"]), b["y"])
+            x = Tagger.scale(b["features"], b["lengths"])
+            loss = F.binary_cross_entropy_with_logits(self.net(x, b["lengths"]), b["y"])
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
@@ -75,7 +76,7 @@ def measure(root: str, cache_dir: str, net_name: str, epochs: int, seed: int, ba
     dm = AudioSetDataModule(root=root, cache_dir=cache_dir, batch_size=batch_size, seed=seed)
     dm.prepare_data()
     dm.setup("fit")
-    model = Tagger(net=net_name, net_kwargs=MODELS[net_name])
+    model = Tagger(model=net_name, init="xavier", model_kwargs=MODELS[net_name])
     tp, plain = Throughput(), PlainLoop(dm, net_name, seed)
     with tempfile.TemporaryDirectory() as out:
         ckpt = pl.callbacks.ModelCheckpoint(dirpath=out, filename="best", monitor="val/mAP", mode="max",
@@ -87,7 +88,7 @@ def measure(root: str, cache_dir: str, net_name: str, epochs: int, seed: int, ba
         t0 = time.perf_counter()
         trainer.fit(model, datamodule=dm)
         wall = time.perf_counter() - t0
-    n = len(dm._sets["train"])
+    n = len(dm.train_dataloader().dataset)
     aer_train = sum(n / r for r in tp.epoch_rates)
     plain_time = sum(n / r for r in plain.rates)
     return tp.epoch_rates, plain.rates, wall - aer_train - plain_time, wall - plain_time, n

@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from aer.checkpoint import CheckpointError, datamodule_from_checkpoint, load_checkpoint, load_tagger, predict_split
+from aer.checkpoint import CheckpointError, datamodule_from_checkpoint, load_checkpoint, load_tagger
+from aer.inference import predict_split
 from aer.module import Tagger
 
 
@@ -41,7 +42,7 @@ def _error(path) -> str:
 
 def test_load_tagger_matches_lightning_loader(best, trained_run):
     model = load_tagger(best)
-    assert isinstance(model, Tagger) and not model.training and model.hparams.net == "fc"
+    assert isinstance(model, Tagger) and not model.training and model.hparams.model == "fc"
     ref = Tagger.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
     x, lengths = torch.rand(4, 10, 128), torch.tensor([10, 3, 1, 10])
     with torch.no_grad():
@@ -87,20 +88,29 @@ def test_pickled_code_is_refused_not_run(tmp_path, how):
 
 def test_weights_that_do_not_fit_the_hparams(best, tmp_path):
     ckpt = load_checkpoint(best)
-    ckpt["hyper_parameters"]["net_kwargs"] = {"hidden": [7]}
+    ckpt["hyper_parameters"]["model_kwargs"] = {"hidden": [7]}
     wrong = tmp_path / "wrong.ckpt"
     torch.save(ckpt, wrong)
     assert "cannot rebuild" in _error(wrong)
 
 
-def test_omegaconf_hparams_of_older_checkpoints_load_as_plain_values(best, tmp_path):
+def test_checkpoint_of_the_old_hparam_names_is_named_and_refused(best, tmp_path):
     ckpt = load_checkpoint(best)
-    ckpt["datamodule_hyper_parameters"]["demo"] = OmegaConf.create(ckpt["datamodule_hyper_parameters"]["demo"])
+    ckpt["hyper_parameters"]["net"] = ckpt["hyper_parameters"].pop("model")
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
-    loaded = load_checkpoint(old)
-    assert type(loaded["datamodule_hyper_parameters"]["demo"]) is dict
-    assert isinstance(load_tagger(old), Tagger)
+    with pytest.raises(CheckpointError, match=r"old.ckpt: not an aer checkpoint.*named it 'net': retrain"):
+        load_checkpoint(old)
+
+
+def test_omegaconf_containers_in_a_checkpoint_are_refused(best, tmp_path):
+    # hparams are plain values (train.py instantiates with _convert_="all"): nothing of omegaconf is unpickled
+    ckpt = load_checkpoint(best)
+    ckpt["datamodule_hyper_parameters"]["demo"] = OmegaConf.create(ckpt["datamodule_hyper_parameters"]["demo"])
+    odd = tmp_path / "odd.ckpt"
+    torch.save(ckpt, odd)
+    with pytest.raises(CheckpointError, match="odd.ckpt: refused to load: it would import omegaconf"):
+        load_checkpoint(odd)
 
 
 def test_datamodule_from_checkpoint(best, demo_root):

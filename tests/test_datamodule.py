@@ -72,7 +72,7 @@ def test_final_mode_trains_on_all_and_tests_on_eval(demo_root, cache, oracle):
     assert set(only_test._sets) == {"test"} and len(only_test._sets["test"]) == 300
 
 
-def test_batches_are_scaled_padded_and_labelled(demo_root, cache, oracle):
+def test_batches_are_padded_and_labelled(demo_root, cache, oracle):
     dm = make_dm(demo_root, cache)
     dm.setup("fit")
     want = oracle["bal_train"]
@@ -80,13 +80,12 @@ def test_batches_are_scaled_padded_and_labelled(demo_root, cache, oracle):
     seen = []
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         for b in loader:
-            assert b["x"].dtype == torch.float32 and b["x"].shape[1:] == (10, 128)
-            assert 0.0 <= float(b["x"].min()) and float(b["x"].max()) <= 1.0
+            assert b["features"].dtype == torch.uint8 and b["features"].shape[1:] == (10, 128)
             rows = [oracle["bal_train_row"][ids[i]] for i in b["index"].tolist()]
             np.testing.assert_array_equal(b["lengths"].numpy(), want["lengths"][rows])
-            np.testing.assert_allclose(b["x"].numpy(), want["features"][rows] / 255.0, rtol=0, atol=1e-7)
+            np.testing.assert_array_equal(b["features"].numpy(), want["features"][rows])
             pad = torch.arange(10)[None, :] >= b["lengths"][:, None]
-            assert not b["x"][pad].any()
+            assert not b["features"][pad].any()
             np.testing.assert_array_equal(b["y"].numpy(), want["labels"][rows].astype(np.float32))
             assert b["y"].dtype == torch.float32
             seen += b["index"].tolist()
@@ -209,7 +208,8 @@ def test_release_layout_with_audioset_v1_embeddings_folder(tmp_path, demo_root):
 @pytest.mark.parametrize("kw, message", [
     ({"train_split": "eval"}, "data.train_split='eval': expected one of bal_train, unbal_train, all"),
     ({"train_split": "bal"}, "data.train_split='bal': expected one of bal_train, unbal_train, all"),
-    ({"train_split": ["bal_train", "eval"]}, "data.train_split='eval': expected one of bal_train, unbal_train"),
+    ({"train_split": ["bal_train", "eval"]},
+     "data.train_split=['bal_train', 'eval']: expected bal_train, unbal_train or both"),
     ({"mode": "test"}, "data.mode='test': expected one of dev, final"),
     ({"normalize": "z"}, "data.normalize='z'"),
     ({"on_bad_record": "ignore"}, "data.on_bad_record='ignore'"),

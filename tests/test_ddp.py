@@ -26,7 +26,8 @@ DDP_ARGS = ("trainer=ddp_cpu", "data.convert_workers=1", f"data.demo.clips={TINY
 
 def _single_process_scores(ckpt: Path, split: str) -> tuple[dict, int]:
     """What `python evaluate.py ckpt=... split=...` computes, in this process."""
-    from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, predict_split, tagger_from_checkpoint
+    from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, tagger_from_checkpoint
+    from aer.inference import predict_split
     from aer.metrics import summarize
 
     c = load_checkpoint(ckpt)

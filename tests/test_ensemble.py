@@ -14,7 +14,8 @@ import torch
 from omegaconf import open_dict
 
 import aer.ensemble as ens
-from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, load_tagger, predict_split
+from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, load_tagger
+from aer.inference import predict_split
 from aer.metrics import summarize
 from conftest import compose_cfg, run_script, train_overrides
 
@@ -76,7 +77,7 @@ def test_cli_mixes_fc_and_skiplstm_from_another_cwd(fc_ckpt, lstm_ckpt, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
     info = json.loads((out / "ensemble.json").read_text())
-    assert [x["net"] for x in info["members"]] == ["fc", "skiplstm"]
+    assert [x["model"] for x in info["members"]] == ["fc", "skiplstm"]
     assert info["weights"] == [0.75, 0.25] and info["split"] == "eval"
     with h5py.File(out / "predictions.h5") as f:
         probs = f["probs"][()]
@@ -124,7 +125,7 @@ def test_greedy_selects_on_the_dev_split_and_never_reads_eval(fc_ckpt, lstm_ckpt
     sel = info["selection"]
     assert sel["split"] == "val" and len(sel["trace"]) == 4 and sum(sel["counts"]) >= 1
     np.testing.assert_allclose(info["weights"], np.array(sel["counts"]) / sum(sel["counts"]))
-    assert m["test/mAP"] == pytest.approx(sel["mAP"], abs=1e-6)  # scored on the split it was chosen on
+    assert m["val/mAP"] == pytest.approx(sel["mAP"], abs=1e-6)  # scored on the split it was chosen on
 
     # scored on eval: the weights are still chosen on the dev split, from the same predictions
     served.clear()
@@ -152,7 +153,7 @@ def test_sweep_discovery(trained_run, fc_ckpt, lstm_ckpt, tmp_path):
                      (jobs["10"] / "checkpoints" / "final.ckpt").resolve()]
 
     m, info, _ = _ensemble(tmp_path / "out", f"sweep={sweep}", f"ckpts={_list(fc_ckpt)}")
-    assert [x["net"] for x in info["members"]] == ["fc", "fc", "skiplstm", "fc"]
+    assert [x["model"] for x in info["members"]] == ["fc", "fc", "skiplstm", "fc"]
     with pytest.raises(FileNotFoundError, match="no finished job"):
         ens.sweep_checkpoints(jobs["1"])
     with pytest.raises(FileNotFoundError, match="no such directory"):

@@ -14,11 +14,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, load_tagger, predict_split, stored_thresholds
+from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, load_tagger, stored_thresholds
 from aer.data.datamodule import read_class_labels
 from aer.export import CHECK_ATOL, check, load_runner, read_metadata, release_model, run
-from aer.models import NETS
-from aer.models.skiplstm import SkipLSTM
+from aer.inference import predict_split
+from aer.models import NETS, build_net
 from aer.predict import load_input
 from conftest import ROOT, compose_cfg, train_overrides
 
@@ -67,7 +67,7 @@ def test_exported_model_gives_pytorchs_probabilities_on_the_eval_split(checkpoin
     path = tmp_path / f"model.{fmt}"
     _export(ckpt, fmt, path)
     state = load_checkpoint(ckpt)
-    assert state["hyper_parameters"]["net"] == net
+    assert state["hyper_parameters"]["model"] == net
     # PyTorch's probabilities as evaluate.py computes them (x/255 in the data module)
     want, _, video_ids = predict_split(load_tagger(ckpt), datamodule_from_checkpoint(state, split="eval"))
     clips = load_input(demo_root / "eval")  # the release's uint8 features, zero-padded
@@ -103,7 +103,7 @@ def test_metadata_carries_classes_scaling_and_thresholds(checkpoints, demo_root,
     got = np.array([np.inf if t is None else t for t in meta["aer.thresholds"]["values"]], dtype=np.float32)
     np.testing.assert_array_equal(got, thr)
     assert meta["aer.thresholds"]["split"] == "val" and meta["aer.thresholds"]["rule"] == info["rule"]
-    assert meta["aer.model"]["net"] == "fc" and meta["aer.model"]["checkpoint"] == str(checkpoints["fc"])
+    assert meta["aer.model"]["model"] == "fc" and meta["aer.model"]["checkpoint"] == str(checkpoints["fc"])
 
 
 def test_standardisation_is_in_the_graph(checkpoints, tmp_path):
@@ -111,7 +111,7 @@ def test_standardisation_is_in_the_graph(checkpoints, tmp_path):
     _export(checkpoints["skiplstm"], "torchscript", path)
     assert "(x - mean) / std" in read_metadata(path)["aer.input"]["scaling"]
     model = load_tagger(checkpoints["skiplstm"])
-    assert model.hparams.input_norm == "standardize" and not torch.all(model.input_std == 1)
+    assert model.hparams.normalize == "standardize" and not torch.all(model.input_std == 1)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -128,7 +128,7 @@ def test_check_refuses_a_file_that_is_not_the_model(checkpoints, tmp_path, fmt):
 def test_masked_lstm_equals_packed_sequences(bidirectional, skip):
     """The exporters' form of the packed LSTM: same features on real frames, zeros past them."""
     torch.manual_seed(0)
-    net = SkipLSTM(hidden=16, layers=3, skip=skip, bidirectional=bidirectional, packed=True).eval()
+    net = build_net("skiplstm", hidden=16, layers=3, skip=skip, bidirectional=bidirectional, packed=True).eval()
     lengths = torch.tensor([10, 1, 3, 7, 10, 5, 2])
     x = torch.randn(7, 10, 128) * (torch.arange(10)[None, :, None] < lengths[:, None, None])
     with torch.no_grad():

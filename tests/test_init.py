@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from aer.init import INITS, apply_init
-from aer.models import DecisionAttention, SkipLSTM
+from aer.init import SCHEMES as INITS
+from aer.init import apply_init
+from aer.models import build_net
 
 FAN_IN, FAN_OUT = 1000, 600  # Linear(1000, 600): weight is (600, 1000)
 LSTM_IN, LSTM_HIDDEN = 256, 512
@@ -132,7 +133,7 @@ def test_simple_schemes_lstm(name, kwargs, std):
 
 @pytest.mark.parametrize("name", sorted(set(INITS) - {"default"}))
 def test_every_weight_of_a_network(name):
-    net = DecisionAttention(hidden=64)
+    net = build_net("attention", hidden=64)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm1d):
             nn.init.uniform_(m.weight)
@@ -149,7 +150,7 @@ def test_every_weight_of_a_network(name):
 
 
 def test_lstm_network_weights_all_touched():
-    net = SkipLSTM(hidden=32, layers=3)
+    net = build_net("skiplstm", hidden=32, layers=3)
     apply_init(net, "normal", std=0.5)
     for n, p in net.named_parameters():
         if "weight" in n:
@@ -158,9 +159,9 @@ def test_lstm_network_weights_all_touched():
 
 def test_default_leaves_weights_untouched():
     torch.manual_seed(123)
-    fresh = DecisionAttention(hidden=32)
+    fresh = build_net("attention", hidden=32)
     torch.manual_seed(123)
-    net = DecisionAttention(hidden=32)
+    net = build_net("attention", hidden=32)
     with torch.no_grad():
         net.embed[1].weight.fill_(3.0)  # BatchNorm too must be left alone
         fresh.embed[1].weight.fill_(3.0)
@@ -189,6 +190,6 @@ def test_unknown_name():
 def test_unknown_option_rejected_before_any_change(name):
     layer = nn.Linear(30, 20)
     before = layer.weight.detach().clone()
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="init.sdt: not a setting here"):
         apply_init(layer, name, sdt=0.1)
     assert torch.equal(layer.weight, before)

@@ -1,3 +1,4 @@
+import dataclasses
 import inspect
 import itertools
 
@@ -6,6 +7,7 @@ import torch
 from torch import nn
 
 from aer.models import FC, NETS, DecisionAttention, MultiLevelAttention, SkipLSTM, build_net
+from aer.settings import MODELS
 
 B, T, D, C = 6, 10, 128, 527
 LENGTHS = torch.tensor([1, 3, 10, 7, 10, 2])
@@ -41,7 +43,7 @@ def out_shape(net: nn.Module, lengths: torch.Tensor = LENGTHS) -> torch.Size:
     ],
 )
 def test_fc_shapes(kwargs):
-    net = FC(**kwargs)
+    net = build_net("fc", **kwargs)
     assert out_shape(net) == (B, kwargs.get("num_classes", C))
 
 
@@ -52,12 +54,13 @@ SKIP_GRID = list(
 
 @pytest.mark.parametrize("layers,skip,bidirectional,packed,pool", SKIP_GRID)
 def test_skiplstm_shapes(layers, skip, bidirectional, packed, pool):
-    net = SkipLSTM(layers=layers, hidden=8, skip=skip, bidirectional=bidirectional, packed=packed, pool=pool)
+    net = build_net("skiplstm", layers=layers, hidden=8, skip=skip, bidirectional=bidirectional, packed=packed,
+                    pool=pool)
     assert out_shape(net) == (B, C)
 
 
 def test_skiplstm_head_and_dropout_shapes():
-    net = SkipLSTM(hidden=16, fc_hidden=[64, 32], dropout=0.2, num_classes=11)
+    net = build_net("skiplstm", hidden=16, fc_hidden=[64, 32], dropout=0.2, num_classes=11)
     assert out_shape(net) == (B, 11)
     linears = [m for m in net.head if isinstance(m, nn.Linear)]
     assert [m.out_features for m in linears] == [64, 32, 11]
@@ -66,13 +69,13 @@ def test_skiplstm_head_and_dropout_shapes():
 @pytest.mark.parametrize("attention", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("layers", [0, 1, 3])
 def test_attention_shapes(attention, layers):
-    net = DecisionAttention(hidden=32, layers=layers, attention=attention)
+    net = build_net("attention", hidden=32, layers=layers, attention=attention)
     assert out_shape(net) == (B, C)
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3])
 def test_multiattention_shapes(levels):
-    net = MultiLevelAttention(hidden=32, levels=levels, num_classes=20)
+    net = build_net("multiattention", hidden=32, levels=levels, num_classes=20)
     assert out_shape(net) == (B, 20)
     assert net.classify.in_features == levels * 32
 
@@ -80,7 +83,8 @@ def test_multiattention_shapes(levels):
 def test_shorter_than_max_frames_is_padded():
     lengths = torch.tensor([2, 5])
     x = torch.randn(2, 5, D)
-    for net in (FC(), SkipLSTM(hidden=8), SkipLSTM(hidden=8, packed=True), SkipLSTM(hidden=8, pool="max")):
+    for net in (build_net("fc"), build_net("skiplstm", hidden=8), build_net("skiplstm", hidden=8, packed=True),
+                build_net("skiplstm", hidden=8, pool="max")):
         net.eval()
         padded = torch.cat([x, torch.zeros(2, T - 5, D)], dim=1)
         torch.testing.assert_close(net(x, lengths), net(padded, lengths))
@@ -88,13 +92,13 @@ def test_shorter_than_max_frames_is_padded():
 
 def test_too_many_frames_rejected():
     with pytest.raises(ValueError, match="max_frames"):
-        FC()(torch.randn(2, T + 1, D), torch.tensor([T + 1, 3]))
+        build_net("fc")(torch.randn(2, T + 1, D), torch.tensor([T + 1, 3]))
 
 
 # --- architecture ---------------------------------------------------------
 
 def test_default_fc_is_the_report_model():
-    net = FC()
+    net = build_net("fc")
     assert sum(p.numel() for p in net.parameters()) == 1280 * 500 + 500 + 500 * 527 + 527
     assert [type(m) for m in net.net] == [nn.Linear, nn.ReLU, nn.Linear]
     assert (net.net[0].in_features, net.net[0].out_features) == (1280, 500)
@@ -105,19 +109,19 @@ def test_default_fc_is_the_report_model():
 def test_skip_connection_input_dims(bidirectional):
     hidden, layers = 16, 3
     out = hidden * (2 if bidirectional else 1)
-    net = SkipLSTM(layers=layers, hidden=hidden, bidirectional=bidirectional, skip=True)
+    net = build_net("skiplstm", layers=layers, hidden=hidden, bidirectional=bidirectional, skip=True)
     assert [lstm.input_size for lstm in net.lstms] == [D + k * out for k in range(layers)]
     assert net.feature_dim == D + layers * out
     assert net.head[-1].in_features == T * (D + layers * out)
 
-    plain = SkipLSTM(layers=layers, hidden=hidden, bidirectional=bidirectional, skip=False, pool="mean")
+    plain = build_net("skiplstm", layers=layers, hidden=hidden, bidirectional=bidirectional, skip=False, pool="mean")
     assert [lstm.input_size for lstm in plain.lstms] == [D] + [out] * (layers - 1)
     assert plain.head[-1].in_features == out
     assert all(lstm.bidirectional == bidirectional and lstm.hidden_size == hidden for lstm in net.lstms)
 
 
 def test_skip_features_start_with_the_input():
-    net = SkipLSTM(layers=2, hidden=8, pool="mean").eval()
+    net = build_net("skiplstm", layers=2, hidden=8, pool="mean").eval()
     x = padded_batch()
     feats = net._encode_padded(x)
     torch.testing.assert_close(feats[..., :D], x)
@@ -128,26 +132,26 @@ def test_skip_features_start_with_the_input():
 def test_packed_equals_padded_for_full_clips(pool, skip):
     lengths = torch.full((4,), T)
     x = padded_batch(lengths)
-    padded = SkipLSTM(hidden=8, skip=skip, pool=pool, packed=False).eval()
-    packed = SkipLSTM(hidden=8, skip=skip, pool=pool, packed=True).eval()
+    padded = build_net("skiplstm", hidden=8, skip=skip, pool=pool, packed=False).eval()
+    packed = build_net("skiplstm", hidden=8, skip=skip, pool=pool, packed=True).eval()
     packed.load_state_dict(padded.state_dict())
     torch.testing.assert_close(packed(x, lengths), padded(x, lengths), rtol=1e-5, atol=1e-5)
 
 
 def test_unpacked_lstm_sees_padding():
     # Documents the report's behaviour: without packing, the backward direction reads padded frames.
-    net = SkipLSTM(hidden=8, packed=False, pool="mean").eval()
+    net = build_net("skiplstm", hidden=8, packed=False, pool="mean").eval()
     assert not torch.allclose(net(padded_batch(), LENGTHS), net(padded_batch(garbage=True), LENGTHS))
 
 
 # --- masking --------------------------------------------------------------
 
 MASKING_NETS = {
-    "attention-softmax": lambda: DecisionAttention(hidden=32, attention="softmax"),
-    "attention-sigmoid": lambda: DecisionAttention(hidden=32, attention="sigmoid"),
-    "multiattention": lambda: MultiLevelAttention(hidden=32, levels=3),
+    "attention-softmax": lambda: build_net("attention", hidden=32, attention="softmax"),
+    "attention-sigmoid": lambda: build_net("attention", hidden=32, attention="sigmoid"),
+    "multiattention": lambda: build_net("multiattention", hidden=32, levels=3),
     **{
-        f"skiplstm-packed-{pool}-skip{skip}": (lambda pool=pool, skip=skip: SkipLSTM(
+        f"skiplstm-packed-{pool}-skip{skip}": (lambda pool=pool, skip=skip: build_net("skiplstm",
             hidden=8, layers=2, skip=skip, packed=True, pool=pool))
         for pool in ("flatten", "mean", "max")
         for skip in (True, False)
@@ -171,7 +175,8 @@ def test_padded_frames_do_not_matter(name):
 @pytest.mark.parametrize("cls", [DecisionAttention, MultiLevelAttention])
 def test_batchnorm_statistics_ignore_padding(cls):
     # In training mode BatchNorm normalises with batch statistics; they must come from real frames only.
-    net = cls(hidden=32, dropout=0.0).train()
+    net = build_net({DecisionAttention: "attention", MultiLevelAttention: "multiattention"}[cls], hidden=32,
+                    dropout=0.0).train()
     clean = padded_batch()
     dirty = padded_batch(garbage=True)
     dirty[torch.arange(T) < LENGTHS[:, None]] = clean[torch.arange(T) < LENGTHS[:, None]]
@@ -179,7 +184,7 @@ def test_batchnorm_statistics_ignore_padding(cls):
 
 
 def test_attention_logits_are_logit_of_pooled_probability():
-    net = DecisionAttention(hidden=16, layers=2, num_classes=7, attention="sigmoid").eval()
+    net = build_net("attention", hidden=16, layers=2, num_classes=7, attention="sigmoid").eval()
     x = padded_batch()
     mask = torch.arange(T) < LENGTHS[:, None]
     logits = net(x, LENGTHS)
@@ -191,7 +196,7 @@ def test_attention_logits_are_logit_of_pooled_probability():
 
 
 def test_attention_logits_finite_when_saturated():
-    net = DecisionAttention(hidden=16, layers=1, num_classes=3, batch_norm=False, dropout=0.0)
+    net = build_net("attention", hidden=16, layers=1, num_classes=3, batch_norm=False, dropout=0.0)
     with torch.no_grad():
         net.classify.bias.fill_(60.0)
     x = padded_batch()
@@ -239,12 +244,12 @@ def test_registry():
 
 
 def test_build_net_unknown_name():
-    with pytest.raises(ValueError, match="'lstm'.*allowed: attention, fc, multiattention, skiplstm"):
+    with pytest.raises(ValueError, match="'lstm'.*expected one of attention, fc, multiattention, skiplstm"):
         build_net("lstm")
 
 
 def test_build_net_unknown_options():
-    with pytest.raises(TypeError, match="hiden, nlayers.*allowed: .*hidden.*dropout"):
+    with pytest.raises(ValueError, match="model.hiden: not a setting here .*hidden, dropout"):
         build_net("fc", hiden=[3], nlayers=2)
     with pytest.raises(ValueError, match="pol"):
         build_net("skiplstm", pol="mean")
@@ -253,10 +258,10 @@ def test_build_net_unknown_options():
 @pytest.mark.parametrize(
     "name,kwargs,match",
     [
-        ("fc", {"activation": "swish"}, "activation.*gelu, relu, sigmoid, tanh"),
-        ("skiplstm", {"pool": "avg"}, "pool.*flatten, max, mean"),
+        ("fc", {"activation": "swish"}, "activation.*relu, sigmoid, tanh, gelu"),
+        ("skiplstm", {"pool": "avg"}, "pool.*flatten, mean, max"),
         ("skiplstm", {"layers": 0}, "layers"),
-        ("attention", {"attention": "tanh"}, "attention.*sigmoid, softmax"),
+        ("attention", {"attention": "tanh"}, "attention.*softmax, sigmoid"),
         ("multiattention", {"levels": 0}, "levels"),
     ],
 )
@@ -265,12 +270,15 @@ def test_bad_option_values(name, kwargs, match):
         build_net(name, **kwargs)
 
 
-def test_constructor_signatures_are_uniform():
-    for cls in NETS.values():
+def test_networks_take_exactly_their_declared_settings():
+    # a network's options are declared once (aer.settings.MODELS): its constructor takes those and the
+    # three shapes, all by keyword and without defaults of its own
+    assert set(NETS) == set(MODELS)
+    for name, cls in NETS.items():
         params = inspect.signature(cls).parameters
         assert list(params)[:3] == ["num_classes", "in_dim", "max_frames"]
-        assert (params["num_classes"].default, params["in_dim"].default, params["max_frames"].default) == (527, 128, 10)
-        assert all(p.kind is p.KEYWORD_ONLY or p.default is not p.empty for p in params.values())
+        assert set(list(params)[3:]) == {f.name for f in dataclasses.fields(MODELS[name])}
+        assert all(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params.values())
 
 
 def test_other_input_dim():

@@ -38,8 +38,7 @@ def _predict(ckpt: Path, input: Path, out: Path, *extra: str) -> tuple[list[dict
 def _model_probs(ckpt: Path, input: Path) -> tuple[np.ndarray, dict]:
     clips = load_input(input)
     with torch.inference_mode():
-        x = torch.from_numpy(clips["features"]).float() / 255.0
-        probs = load_tagger(ckpt).predict_proba(x, torch.from_numpy(clips["lengths"]))
+        probs = load_tagger(ckpt).predict_proba(torch.from_numpy(clips["features"]), torch.from_numpy(clips["lengths"]))
     return probs.numpy(), clips
 
 

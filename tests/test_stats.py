@@ -327,9 +327,14 @@ def test_evaluate_reports_intervals_training_positives_and_categories(trained_ru
     assert "test/mAP_ci_low" not in m and not (tmp_path / "plain" / "per_category.csv").exists()
 
 
+def test_bootstrap_types_are_checked_when_composing():
+    for name in ("evaluate", "ensemble"):
+        with pytest.raises(Exception, match="bootstrap.seed=x"):
+            compose_cfg(name, ["ckpt=x.ckpt" if name == "evaluate" else "ckpts=[x.ckpt]", "bootstrap.seed=x"])
+
+
 @pytest.mark.parametrize("override,needle", [("bootstrap.replicates=-1", "bootstrap.replicates=-1"),
-                                             ("bootstrap.level=1.5", "bootstrap.level=1.5"),
-                                             ("bootstrap.seed=x", "bootstrap.seed='x'")])
+                                             ("bootstrap.level=1.5", "bootstrap.level=1.5")])
 def test_bootstrap_settings_are_checked(override, needle, tmp_path):
     from aer.ensemble import check_config as check_ensemble
     from aer.evaluate import check_config as check_evaluate

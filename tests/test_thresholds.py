@@ -16,10 +16,10 @@ from aer.checkpoint import (
     datamodule_from_checkpoint,
     decision_thresholds,
     load_checkpoint,
-    predict_split,
     stored_thresholds,
     tagger_from_checkpoint,
 )
+from aer.inference import predict_split
 from aer.metrics import choose_thresholds, decision_scores
 from aer.thresholds import run
 from conftest import compose_cfg

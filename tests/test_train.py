@@ -64,7 +64,7 @@ def test_epoch_loss_is_the_clip_weighted_mean_of_step_losses(demo_root, tmp_path
     import hydra
     import pytorch_lightning as pl
 
-    from aer.config import module_kwargs
+    from aer.config import tagger_kwargs
     from aer.module import Tagger
 
     cfg = compose_cfg("train", train_overrides(demo_root, tmp_path))
@@ -81,7 +81,7 @@ def test_epoch_loss_is_the_clip_weighted_mean_of_step_losses(demo_root, tmp_path
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
                          use_distributed_sampler=False, num_sanity_val_steps=0)
-    trainer.fit(Tagger(**module_kwargs(cfg)), datamodule=dm)
+    trainer.fit(Tagger(**tagger_kwargs(cfg)), datamodule=dm)
     assert len({n for _, n in seen}) == 2, "the last batch is a short one"
     expected = sum(v * n for v, n in seen) / sum(n for _, n in seen)
     assert abs(float(trainer.callback_metrics["train/loss_epoch"]) - expected) < 1e-6
@@ -94,7 +94,7 @@ def test_checkpoint_rebuilds_without_config(trained_run):
 
     path = trained_run / "checkpoints" / "best.ckpt"
     model = Tagger.load_from_checkpoint(path, weights_only=True, map_location="cpu")
-    assert model.hparams.net == "fc"
+    assert model.hparams.model == "fc"
     x = torch.rand(3, 10, 128)
     assert model(x, torch.tensor([10, 5, 1])).shape == (3, 527)
     stored = torch.load(path, weights_only=True, map_location="cpu")["datamodule_hyper_parameters"]
@@ -179,11 +179,12 @@ def test_non_finite_loss_stops_with_advice(demo_root, tmp_path):
 
     from aer.module import NonFiniteLossError, Tagger
 
-    model = Tagger()
+    model = Tagger(model="fc", init="xavier")
     with torch.no_grad():
         model.net.net[0].weight.fill_(float("nan")) if hasattr(model.net, "net") else next(
             model.net.parameters()).fill_(float("nan"))
-    batch = {"x": torch.rand(4, 10, 128), "lengths": torch.full((4,), 10), "y": torch.zeros(4, 527)}
+    batch = {"features": torch.randint(0, 256, (4, 10, 128), dtype=torch.uint8), "lengths": torch.full((4,), 10),
+             "y": torch.zeros(4, 527)}
     with pytest.raises(NonFiniteLossError, match=r"at epoch 0, step 0: try a lower optim.lr"):
         model.training_step(batch, 0)
 
@@ -216,8 +217,8 @@ def test_heap_frozen_while_fitting_and_thawed_after(demo_root, tmp_path):
         dm = hydra.utils.instantiate(cfg.data, _convert_="all")
         if fail:
             with pytest.raises(RuntimeError, match="boom"):
-                trainer.fit(Tagger(), datamodule=dm)
+                trainer.fit(Tagger(model="fc", init="xavier"), datamodule=dm)
         else:
-            trainer.fit(Tagger(), datamodule=dm)
+            trainer.fit(Tagger(model="fc", init="xavier"), datamodule=dm)
         assert gc.get_freeze_count() == 0
     assert len(seen) == 4 and all(n > 10_000 for n in seen)

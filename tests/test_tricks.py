@@ -28,7 +28,7 @@ def test_standardize_stats_are_stored_in_the_checkpoint(demo_root, tmp_path):
 
     result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, "data.normalize=standardize")))
     model = Tagger.load_from_checkpoint(result["last_ckpt"], weights_only=True, map_location="cpu")
-    assert model.hparams.input_norm == "standardize"
+    assert model.hparams.normalize == "standardize"
     # demo frames sit around 128/255 with a spread of roughly 0.1-0.2 on the [0,1] scale
     assert 0.4 < float(model.input_mean.mean()) < 0.6
     assert 0.05 < float(model.input_std.mean()) < 0.3

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import typing
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from aer import __version__
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, RecordError, parse_record, wire_frames
 from aer.data.tfrecord import ShardError, scan_records
+from aer.settings import OnBadRecord
 from aer.utils import disk_full, file_lock, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 # 2: per-chunk fletcher32 checksums on every dataset, fixed-length video ids, a clip count to check
 FORMAT_VERSION = 2
 VIDEO_ID_BYTES = 32  # YouTube ids are 11 characters; fixed-length strings are what HDF5 can checksum
-ON_BAD = ("error", "skip")
+ON_BAD = typing.get_args(OnBadRecord)
 _WRITE_ROWS = 4096  # rows buffered between HDF5 writes: a few shards' worth, bounded whatever the split size
 DATASETS = ("features", "lengths", "labels", "video_id", "start_time", "end_time")
 

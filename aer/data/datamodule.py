@@ -13,17 +13,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aer.data.convert import DATASETS, ON_BAD, CacheError, convert, load_splits
+from aer.data.convert import DATASETS, CacheError, convert, load_splits
 from aer.data.demo import ensure_demo, is_demo
 from aer.data.records import NUM_CLASSES
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
+from aer.settings import DataSettings
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("bal_train", "unbal_train", "eval")
-MODES = ("dev", "final")
-NORMALIZE = ("unit", "standardize")
-_TRAIN_CHOICES = {"bal_train": ["bal_train"], "unbal_train": ["unbal_train"], "all": ["bal_train", "unbal_train"]}
 
 
 class ClipBatches(Dataset):
@@ -39,10 +37,10 @@ class ClipBatches(Dataset):
     def __getitem__(self, batch) -> dict[str, torch.Tensor]:
         idx = self.rows[torch.as_tensor(batch, dtype=torch.int64)]
         return {
-            "x": self.features.index_select(0, idx).float().div_(255.0),
+            "features": self.features.index_select(0, idx),
             "lengths": self.lengths.index_select(0, idx),
             "y": self.labels.index_select(0, idx).float(),
-            "index": idx,
+            "index": idx,  # the clips' rows in the split's arrays
         }
 
 
@@ -78,39 +76,28 @@ def default_cache_dir(root: Path) -> Path:
 
 
 class AudioSetDataModule(pl.LightningDataModule):
-    def __init__(self, root: str, mode: str = "dev", train_split: str | list[str] = "bal_train",
-                 eval_split: str = "eval", cache_dir: str | None = None, batch_size: int = 500,
-                 eval_batch_size: int = 2048, val_fraction: float = 0.2, split_seed: int = 0, seed: int = 0,
-                 normalize: str = "unit", balanced: bool = False, drop_last: bool = False,
-                 num_workers: int = 0, pin_memory: bool = False, convert_workers: int = 1,
-                 on_bad_record: str = "error", num_classes: int = NUM_CLASSES, demo: dict | None = None):
+    """The splits of one release folder, converted once into HDF5, held in memory, served in batches.
+
+    Takes the data.* settings of aer.settings.DataSettings (defaults, types and allowed values are
+    declared there, and checked when it is built). Batches are dicts of uint8 `features` (B, T, 128),
+    `lengths` (B,) and float `y` (B, C); the Tagger scales and normalises the features.
+    """
+
+    def __init__(self, root: str | os.PathLike, **settings):
         super().__init__()
+        s = DataSettings(root=str(root), **settings)
         # Stored in checkpoints: evaluate.py finds the data and the dev split without the training config.
-        self.save_hyperparameters()
-        _check_choice("data.mode", mode, MODES)
-        _check_choice("data.normalize", normalize, NORMALIZE)
-        _check_choice("data.on_bad_record", on_bad_record, ON_BAD)
-        if isinstance(train_split, str):
-            _check_choice("data.train_split", train_split, tuple(_TRAIN_CHOICES))
-            train_splits = _TRAIN_CHOICES[train_split]
-        else:
-            train_splits = list(train_split)
-            for s in train_splits:
-                _check_choice("data.train_split", s, ("bal_train", "unbal_train"))
-        for key, val in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
-            if not isinstance(val, int) or val < 1:
-                raise ValueError(f"{key}={val!r}: expected a positive integer")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={val_fraction!r}: expected a number between 0 and 1")
-        self.root = Path(root).expanduser()
-        self.mode, self.train_splits, self.eval_split = mode, train_splits, eval_split
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
-        self.normalize, self.balanced, self.drop_last = normalize, balanced, drop_last
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.convert_workers, self.on_bad_record, self.num_classes = convert_workers, on_bad_record, num_classes
-        self.demo = dict(demo) if demo else None
+        self.save_hyperparameters(s.as_dict())
+        self.settings = s
+        self.root = Path(s.root).expanduser()
+        self.mode, self.train_splits, self.eval_split = s.mode, s.train_splits, s.eval_split
+        self.cache_dir = Path(s.cache_dir).expanduser() if s.cache_dir else None
+        self.batch_size, self.eval_batch_size = s.batch_size, s.eval_batch_size
+        self.val_fraction, self.split_seed, self.seed = s.val_fraction, s.split_seed, s.seed
+        self.normalize, self.balanced, self.drop_last = s.normalize, s.balanced, s.drop_last
+        self.num_workers, self.pin_memory = s.num_workers, s.pin_memory
+        self.convert_workers, self.on_bad_record, self.num_classes = s.convert_workers, s.on_bad_record, s.num_classes
+        self.demo = s.demo.as_dict() if s.demo else None
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self._sets: dict[str, ClipBatches] = {}
         self._meta: dict[str, dict[str, np.ndarray]] = {}
@@ -234,9 +221,6 @@ class AudioSetDataModule(pl.LightningDataModule):
         ds = self._sets["test"]
         return self._loader(ds, EvalBatchSampler(len(ds), self.eval_batch_size))
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
     # ---- what the model and the reports need
     def split_info(self, name: str) -> dict[str, np.ndarray]:
         """video ids and labels of the clips a split serves, in the order it serves them."""
@@ -291,8 +275,3 @@ def read_class_labels(root: Path, num_classes: int = NUM_CLASSES) -> list[tuple[
             if 0 <= i < num_classes:
                 names[i] = (row["mid"], row["display_name"])
     return names
-
-
-def _check_choice(key: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r}: expected one of {', '.join(allowed)}")

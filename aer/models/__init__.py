@@ -1,13 +1,21 @@
-"""Tagging networks: ``forward(x (B, T, in_dim), lengths (B,)) -> logits (B, num_classes)``."""
+"""Tagging networks: ``forward(x (B, T, in_dim), lengths (B,)) -> logits (B, num_classes)``.
 
-import inspect
+model=NAME is the network registered as NAME here, defined in aer/models/NAME.py.
+
+A network's options (model.* in the config), their defaults and allowed values are declared in
+aer.settings.MODELS under the same name as here; the constructors take them all as keywords.
+"""
+
 from typing import Any
 
 from torch import nn
 
-from aer.models.attention import DecisionAttention, MultiLevelAttention
+from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES
+from aer.models.attention import DecisionAttention
 from aer.models.fc import FC
+from aer.models.multiattention import MultiLevelAttention
 from aer.models.skiplstm import SkipLSTM
+from aer.settings import MODELS
 
 NETS: dict[str, type[nn.Module]] = {
     "attention": DecisionAttention,
@@ -17,22 +25,13 @@ NETS: dict[str, type[nn.Module]] = {
 }
 
 
-class NetOptionError(TypeError, ValueError):
-    """Options that the chosen network does not take (a TypeError and a ValueError, for either kind of handler)."""
-
-
-def build_net(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate the network registered as `name` with keyword options `kwargs`."""
+def build_net(name: str, *, num_classes: int = NUM_CLASSES, in_dim: int = EMBED_DIM, max_frames: int = MAX_FRAMES,
+              **options: Any) -> nn.Module:
+    """The network registered as `name`, with `options` (checked, and completed with their defaults)."""
     if name not in NETS:
-        raise ValueError(f"unknown net {name!r}; allowed: {', '.join(sorted(NETS))}")
-    cls = NETS[name]
-    allowed = list(inspect.signature(cls).parameters)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise NetOptionError(
-            f"net {name!r} got unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
-        )
-    return cls(**kwargs)
+        raise ValueError(f"model={name!r}: expected one of {', '.join(sorted(NETS))}")
+    settings = MODELS[name].build(options).as_dict()
+    return NETS[name](num_classes=num_classes, in_dim=in_dim, max_frames=max_frames, **settings)
 
 
-__all__ = ["NETS", "DecisionAttention", "FC", "MultiLevelAttention", "NetOptionError", "SkipLSTM", "build_net"]
+__all__ = ["NETS", "DecisionAttention", "FC", "MultiLevelAttention", "SkipLSTM", "build_net"]

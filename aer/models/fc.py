@@ -22,8 +22,6 @@ def fc_blocks(
     batch_norm: bool = False,
 ) -> list[nn.Module]:
     """Linear → [BatchNorm] → activation → [Dropout] for each size in `sizes`."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(sorted(ACTIVATIONS))}")
     blocks: list[nn.Module] = []
     for size in sizes:
         blocks.append(nn.Linear(in_dim, size))
@@ -51,19 +49,19 @@ class FC(nn.Module):
 
     def __init__(
         self,
-        num_classes: int = 527,
-        in_dim: int = 128,
-        max_frames: int = 10,
-        hidden: Sequence[int] | int | None = None,
-        dropout: float = 0.0,
-        activation: str = "relu",
-        batch_norm: bool = False,
+        *,
+        num_classes: int,
+        in_dim: int,
+        max_frames: int,
+        hidden: Sequence[int] | int,
+        dropout: float,
+        activation: str,
+        batch_norm: bool,
     ) -> None:
         super().__init__()
-        # None rather than a list default: a shared mutable default would leak between instances.
         if isinstance(hidden, int):  # `model.hidden=256` on the command line means one hidden layer
             hidden = [hidden]
-        sizes = [500] if hidden is None else [int(h) for h in hidden]
+        sizes = [int(h) for h in hidden or []]
         self.max_frames = max_frames
         flat_dim = in_dim * max_frames
         self.net = nn.Sequential(

@@ -8,8 +8,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from aer.models.fc import fc_blocks, pad_frames
 
-POOLS = ("flatten", "max", "mean")
-
 
 def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     """Boolean (B, frames) mask, True on real frames."""
@@ -40,23 +38,20 @@ class SkipLSTM(nn.Module):
 
     def __init__(
         self,
-        num_classes: int = 527,
-        in_dim: int = 128,
-        max_frames: int = 10,
-        layers: int = 2,
-        hidden: int = 128,
-        skip: bool = True,
-        bidirectional: bool = True,
-        packed: bool = False,
-        pool: str = "flatten",
-        dropout: float = 0.0,
-        fc_hidden: Sequence[int] | None = None,
+        *,
+        num_classes: int,
+        in_dim: int,
+        max_frames: int,
+        layers: int,
+        hidden: int,
+        skip: bool,
+        bidirectional: bool,
+        packed: bool,
+        pool: str,
+        dropout: float,
+        fc_hidden: Sequence[int],
     ) -> None:
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"layers must be >= 1, got {layers}")
-        if pool not in POOLS:
-            raise ValueError(f"unknown pool {pool!r}; allowed: {', '.join(POOLS)}")
         self.max_frames = max_frames
         self.skip = skip
         self.packed = packed

@@ -1,0 +1,268 @@
+"""Every setting a user can type, declared once: its default, type and allowed values.
+
+Each dataclass here is one config section (data, model=NAME, init=NAME, optim, augment, swa and
+the top-level keys). Hydra's schema is built from them (aer.config registers it in the
+ConfigStore; the yaml files hold only what differs from these defaults), and the code that uses a
+section builds it from the same class, whose `__post_init__` validates the values. No torch here:
+a bad value is reported before anything heavy is imported or read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from aer.data.records import NUM_CLASSES
+from aer.schema import Annotated, Fraction, NonNegative, Positive, Range, check, hints, split_hint
+
+
+@dataclass
+class Section:
+    """A config section; `KEY` is where it lives in the config (the prefix of its error messages)."""
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, hint in hints(type(self)).items():  # nested sections given as dicts (from a config)
+            inner = split_hint(hint)[0]
+            value = getattr(self, name, None)
+            if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, Section):
+                setattr(self, name, inner.build(value))
+        check(type(self), self.as_dict(), self.KEY)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, nested sections as dicts: what a checkpoint stores."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def build(cls, values: dict | None) -> Section:
+        """From a config node or dict (unknown keys named in the error, as the config check names them)."""
+        values = dict(values or {})
+        check(cls, values, cls.KEY)
+        return cls(**values)
+
+
+# ---- data: aer.data.datamodule.AudioSetDataModule takes exactly these
+@dataclass
+class DemoSettings(Section):
+    """Synthetic shards in the release format, generated in data.root on first use (aer.data.demo)."""
+
+    KEY: ClassVar[str] = "data.demo"
+    clips: Positive = 20000
+    eval_clips: Positive | None = None   # default: clips // 2
+    seed: int = 0
+
+
+OnBadRecord = Literal["error", "skip"]   # a record that does not parse: stop there | count it and leave it out
+TRAIN_SPLITS = {"bal_train": ["bal_train"], "unbal_train": ["unbal_train"], "all": ["bal_train", "unbal_train"]}
+
+
+@dataclass
+class DataSettings(Section):
+    KEY: ClassVar[str] = "data"
+    root: str                                       # holds bal_train/, eval/ (and unbal_train/) shard folders
+    mode: Literal["dev", "final"] = "dev"           # dev: seeded 80/20 split of the training split; final: all
+    #                                                 of it, tested on eval
+    train_split: Any = "bal_train"                  # bal_train | unbal_train | all | a list of those
+    eval_split: str = "eval"
+    cache_dir: str | None = None                    # default: beside a demo set, else ~/.cache/aer/<root>-<hash>
+    batch_size: Positive = 500
+    eval_batch_size: Positive = 2048
+    val_fraction: Annotated[float, Range(0, 1, open_lo=True)] = 0.2
+    split_seed: int = 0
+    seed: int = 0                                   # the training batches' order
+    normalize: Literal["unit", "standardize"] = "unit"  # unit: x/255 as in the report | standardize:
+    #                                                     per dimension, with the training split's statistics
+    balanced: bool = False                          # class-balanced batches
+    drop_last: bool = False                         # drop each epoch's last, smaller training batch
+    num_workers: Annotated[int, Range(0)] = 0
+    pin_memory: bool = False
+    convert_workers: Positive = 2                   # processes converting shards into the HDF5 cache
+    on_bad_record: OnBadRecord = "error"
+    num_classes: Positive = NUM_CLASSES
+    demo: DemoSettings | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.val_fraction >= 1:
+            raise ValueError(f"data.val_fraction={self.val_fraction!r}: expected a number between 0 and 1")
+        self.train_splits  # noqa: B018 — checks train_split
+
+    @property
+    def train_splits(self) -> list[str]:
+        if isinstance(self.train_split, str):
+            if self.train_split not in TRAIN_SPLITS:
+                raise ValueError(f"data.train_split={self.train_split!r}: expected one of {', '.join(TRAIN_SPLITS)}")
+            return TRAIN_SPLITS[self.train_split]
+        splits = list(self.train_split)
+        for s in splits:
+            if s not in ("bal_train", "unbal_train"):
+                raise ValueError(f"data.train_split={splits!r}: expected bal_train, unbal_train or both")
+        return splits
+
+
+# ---- model=NAME: the networks of aer.models take these (and num_classes, in_dim, max_frames)
+@dataclass
+class FCSettings(Section):
+    """The report's base model: the flattened 10x128 clip -> hidden layers -> 527."""
+
+    KEY: ClassVar[str] = "model"
+    hidden: Any = field(default_factory=lambda: [500])   # sizes of the hidden layers (an int: one layer)
+    dropout: Fraction = 0.0
+    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
+    batch_norm: bool = False
+
+
+@dataclass
+class SkipLSTMSettings(Section):
+    """The report's stacked bidirectional LSTM with skip connections, then a fully connected classifier."""
+
+    KEY: ClassVar[str] = "model"
+    layers: Positive = 2
+    hidden: Positive = 128          # per direction
+    skip: bool = True               # each layer's input concatenated with its output
+    bidirectional: bool = True
+    packed: bool = False            # true: mask by the true clip lengths (packed sequences)
+    pool: Literal["flatten", "mean", "max"] = "flatten"   # flatten: as the report
+    dropout: Fraction = 0.0
+    fc_hidden: Any = field(default_factory=list)
+
+
+@dataclass
+class AttentionSettings(Section):
+    """Decision-level attention (Kong et al. 2018): frame-wise MLP, attention-weighted class probabilities."""
+
+    KEY: ClassVar[str] = "model"
+    hidden: Positive = 512
+    layers: Annotated[int, Range(0)] = 3
+    dropout: Fraction = 0.4
+    batch_norm: bool = True
+    attention: Literal["softmax", "sigmoid"] = "softmax"   # sigmoid: normalised over frames
+
+
+@dataclass
+class MultiAttentionSettings(Section):
+    """Multi-level attention (Yu et al. 2018)."""
+
+    KEY: ClassVar[str] = "model"
+    hidden: Positive = 512
+    levels: Positive = 2
+    dropout: Fraction = 0.4
+    batch_norm: bool = True
+
+
+MODELS: dict[str, type[Section]] = {
+    "attention": AttentionSettings,
+    "fc": FCSettings,
+    "multiattention": MultiAttentionSettings,
+    "skiplstm": SkipLSTMSettings,
+}
+
+
+# ---- init=NAME: the schemes of aer.init take these
+@dataclass
+class DefaultInit(Section):
+    """PyTorch's own initialisation, untouched."""
+
+    KEY: ClassVar[str] = "init"
+
+
+@dataclass
+class XavierInit(Section):
+    KEY: ClassVar[str] = "init"
+    gain: NonNegative = 1.0
+
+
+@dataclass
+class KaimingInit(Section):
+    KEY: ClassVar[str] = "init"
+    nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid"] = "relu"
+    a: NonNegative = 0.0
+
+
+@dataclass
+class OrthogonalInit(Section):
+    KEY: ClassVar[str] = "init"
+    gain: NonNegative = 1.0
+
+
+@dataclass
+class NormalInit(Section):
+    KEY: ClassVar[str] = "init"
+    std: NonNegative = 0.01
+
+
+@dataclass
+class UniformInit(Section):
+    KEY: ClassVar[str] = "init"
+    a: NonNegative = 0.05
+
+
+INITS: dict[str, type[Section]] = {
+    "default": DefaultInit, "kaiming": KaimingInit, "normal": NormalInit,
+    "orthogonal": OrthogonalInit, "uniform": UniformInit, "xavier": XavierInit,
+}
+
+
+# ---- optim, augment, swa: the Tagger and train.py take these
+@dataclass
+class OptimSettings(Section):
+    """Adam, and the learning-rate schedule."""
+
+    KEY: ClassVar[str] = "optim"
+    lr: Annotated[float, Range(0, open_lo=True)] = 1e-3
+    weight_decay: NonNegative = 0.0
+    betas: Any = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: Literal["none", "cosine", "step"] = "none"
+    warmup_epochs: NonNegative = 0.0
+    min_lr_ratio: Fraction = 0.0      # cosine: the last step's lr, as a fraction of lr
+    step_size: Positive = 10          # step: epochs between decays
+    gamma: Fraction = 0.5             # step: the decay factor
+
+
+@dataclass
+class AugmentSettings(Section):
+    KEY: ClassVar[str] = "augment"
+    mixup_alpha: NonNegative = 0.0
+    label_smoothing: Fraction = 0.0
+
+
+@dataclass
+class SwaSettings(Section):
+    """Stochastic weight averaging over the last epochs (Izmailov et al. 2018): the averaged model is
+    validated, saved as checkpoints/swa.ckpt and used as the run's result."""
+
+    KEY: ClassVar[str] = "swa"
+    enabled: bool = False
+    lr: Annotated[float, Range(0, open_lo=True)] | None = None   # constant lr while averaging (default optim.lr)
+    epoch_start: Any = 0.75           # a fraction of trainer.max_epochs, or an epoch index
+    annealing_epochs: Positive = 1
+
+
+# ---- evaluate.py and ensemble.py
+@dataclass
+class BootstrapSettings(Section):
+    """Percentile intervals of mAP, mAUC and d' over clips resampled with replacement."""
+
+    KEY: ClassVar[str] = "bootstrap"
+    replicates: Annotated[int, Range(0)] = 1000   # 0: no intervals
+    level: Annotated[float, Range(0, 1, open_lo=True)] = 0.95
+    seed: int = 0
+
+
+@dataclass
+class TrainSettings(Section):
+    """The top-level keys of `python train.py`."""
+
+    KEY: ClassVar[str] = ""
+    task_name: str = "train"
+    seed: int = 1234
+    tags: Any = field(default_factory=list)   # labels of the run, logged with its hyper-parameters
+    # torch CPU threads per process; null: torch's default (all cores). When jobs run side by side
+    # (hydra/launcher=joblib, several processes on one GPU box) set 1-2, or the threads fight over cores.
+    threads: Positive | None = None
+    ckpt_path: str | None = None      # null: start fresh; last: this run dir's checkpoints/last.ckpt; or a path
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    swa: SwaSettings = field(default_factory=SwaSettings)
