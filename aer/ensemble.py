@@ -12,7 +12,6 @@ members, weights, each member's scores on the scored split, and the selection tr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,50 +23,39 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aer.evaluate import check_bootstrap, check_split, data_overrides, format_scores, write_report
-from aer.sweep import job_key
+from aer.runs import find_runs
 from aer.utils import write_json
 
 log = logging.getLogger(__name__)
 
 SELECT = ("none", "greedy")
 SELECTION_SPLIT = "val"  # ensembles are chosen on the dev split; eval stays unseen until the end
-# where a sweep job keeps its checkpoints when metrics.json's paths no longer point at them (a moved sweep)
-_FALLBACKS = ("best.ckpt", "final.ckpt", "last.ckpt")
 
 
 # ---- members
 def sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
-    """The best checkpoint of every finished job under `sweep_dir`, in job order; failed jobs are skipped.
+    """The result checkpoint of every finished job under `sweep_dir`, in job order; others are skipped.
 
-    A job is a folder holding metrics.json (train.py writes it last, with status ok, or with
-    status failed through aer.entry.task). Its checkpoint is metrics.json's best_ckpt, else
-    checkpoints/best.ckpt, final.ckpt, then last_ckpt / checkpoints/last.ckpt.
+    Jobs are aer.runs' run dirs; a finished one has metrics.json with status ok (train.py writes it
+    last; a failed or diverged job says so there). Its checkpoint is aer.runs.Run.result_checkpoint:
+    metrics.json's best_ckpt, else checkpoints/best.ckpt, final.ckpt, then the last epoch's.
     """
     root = Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"sweep={root}: no such directory (expected a train.py -m sweep dir)")
     found = []
-    for mfile in sorted(root.rglob("metrics.json"), key=lambda p: job_key(p.parent.relative_to(root))):
-        job = mfile.parent
-        rel = job.relative_to(root)
-        try:
-            m = json.loads(mfile.read_text())
-        except (OSError, ValueError) as e:
-            log.warning("sweep job %s: skipped, unreadable metrics.json (%s)", rel, e)
+    for run in find_runs(root):
+        if run.status != "ok":
+            log.warning("sweep job %s: skipped, status %s (%s)", run.name, run.status, run.error or "no error")
             continue
-        if m.get("status") != "ok":
-            log.warning("sweep job %s: skipped, status %s (%s)", rel, m.get("status"), m.get("error", "no error"))
-            continue
-        cands = [m.get("best_ckpt"), *(job / "checkpoints" / n for n in _FALLBACKS[:2]),
-                 m.get("last_ckpt"), job / "checkpoints" / _FALLBACKS[2]]
-        ckpt = next((Path(c) for c in cands if c and Path(c).is_file()), None)
+        ckpt = run.result_checkpoint()
         if ckpt is None:
-            log.warning("sweep job %s: skipped, finished but holds no checkpoint", rel)
+            log.warning("sweep job %s: skipped, finished but holds no checkpoint", run.name)
             continue
         found.append(ckpt.resolve())
     if not found:
         raise FileNotFoundError(f"sweep={root}: no finished job with a checkpoint (looked for metrics.json "
-                                f"with status ok and checkpoints/{{{','.join(_FALLBACKS)}}} in its job folders)")
+                                f"with status ok and checkpoints/{{best,final,last}}.ckpt in its job folders)")
     log.info("sweep %s: %d members", root, len(found))
     return found
 
