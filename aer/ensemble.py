@@ -181,46 +181,45 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError("weights=... and select=greedy: greedy selection chooses the weights; give one of them")
 
 
-def run(cfg: DictConfig) -> dict:
-    """Averages the members' probabilities on cfg.split; returns what it writes to metrics.json."""
-    t0 = time.time()
-    check_config(cfg)
-    split, select = cfg.split, cfg.select
-    paths = member_paths(cfg)
+def given_weights(cfg: DictConfig, n: int) -> np.ndarray:
+    """cfg.weights, normalised, for `n` members (uniform when not given)."""
     weights = cfg.get("weights")
     if isinstance(weights, ListConfig):
         weights = OmegaConf.to_container(weights, resolve=True)
     elif weights is not None:
         raise ValueError(f"weights={weights!r}: expected a list with one number per member, e.g. weights=[2,1]")
-    weights = normalize_weights(weights, len(paths))
-    overrides = data_overrides(cfg)
+    return normalize_weights(weights, n)
 
+
+def select_weights(members: _Members, paths: list[Path], cfg: DictConfig) -> tuple[np.ndarray, dict, dict]:
+    """Greedy selection on the dev split: (weights, the selection's record, the dev predictions by
+    path when the scored split is the dev split too, else {})."""
+    for p, ckpt in members.ckpts.items():
+        if (ckpt.get("datamodule_hyper_parameters") or {}).get("mode") == "final":
+            log.warning("%s was trained in final mode: the dev split was part of its training data, so "
+                        "selecting on it favours it", p)
+    kept = dict(members.predict(SELECTION_SPLIT))
+    counts, trace = greedy_select([kept[p] for p in paths], members.labels, cfg.rounds)
+    selection = {"split": SELECTION_SPLIT, "rounds": cfg.rounds, "trace": trace, "counts": counts.tolist(),
+                 "mAP": max(t["mAP"] for t in trace), "clips": int(len(members.labels))}
+    print(f"greedy selection on split={SELECTION_SPLIT}: counts {counts.tolist()}, "
+          f"mAP {selection['mAP']:.4f}", flush=True)
+    if cfg.split != SELECTION_SPLIT:
+        kept = {}
+    else:
+        log.warning("split=val is the split the weights were selected on: its scores are optimistic")
+    return counts / counts.sum(), selection, kept
+
+
+def score_members(members: _Members, paths: list[Path], weights: np.ndarray, split: str,
+                  kept: dict) -> tuple[np.ndarray, dict]:
+    """(the weighted mean of the members' probabilities, each member's scores) on `split`;
+    one member's predictions in memory at a time. `kept`: predictions already made, by path."""
     import torch
 
     from aer.metrics import summarize
 
-    members = _Members(paths, overrides)
-    selection = None
-    kept: dict = {}  # selection-split predictions, reused when the scored split is the same
-    if select == "greedy":
-        for p, ckpt in members.ckpts.items():
-            if (ckpt.get("datamodule_hyper_parameters") or {}).get("mode") == "final":
-                log.warning("%s was trained in final mode: the dev split was part of its training data, so "
-                            "selecting on it favours it", p)
-        kept = dict(members.predict(SELECTION_SPLIT))
-        counts, trace = greedy_select([kept[p] for p in paths], members.labels, cfg.rounds)
-        weights = counts / counts.sum()
-        selection = {"split": SELECTION_SPLIT, "rounds": cfg.rounds, "trace": trace, "counts": counts.tolist(),
-                     "mAP": max(t["mAP"] for t in trace), "clips": int(len(members.labels))}
-        print(f"greedy selection on split={SELECTION_SPLIT}: counts {counts.tolist()}, "
-              f"mAP {selection['mAP']:.4f}", flush=True)
-        if split != SELECTION_SPLIT:
-            kept = {}
-        else:
-            log.warning("split=val is the split the weights were selected on: its scores are optimistic")
     per_path = {p: float(sum(w for q, w in zip(paths, weights) if q == p)) for p in members.unique}
-
-    # Score each member and accumulate the weighted mean, one member's predictions in memory at a time.
     member_scores, acc = {}, None
     preds = ((p, kept[p]) for p in members.unique) if kept else members.predict(split)
     for p, probs in preds:
@@ -230,7 +229,21 @@ def run(cfg: DictConfig) -> dict:
             acc = (acc if acc is not None else np.zeros(probs.shape, np.float64)) + per_path[p] * probs
         print(f"member {p} ({members.models[p].hparams.net}): mAP {s['mAP']:.4f}  weight {per_path[p]:.4f}",
               flush=True)
-    probs = acc.astype(np.float32)
+    return acc.astype(np.float32), member_scores
+
+
+def run(cfg: DictConfig) -> dict:
+    """Averages the members' probabilities on cfg.split; returns what it writes to metrics.json."""
+    t0 = time.time()
+    check_config(cfg)
+    split, select = cfg.split, cfg.select
+    paths = member_paths(cfg)
+    weights = given_weights(cfg, len(paths))
+    members = _Members(paths, data_overrides(cfg))
+    selection, kept = None, {}  # kept: selection-split predictions, reused when the scored split is the same
+    if select == "greedy":
+        weights, selection, kept = select_weights(members, paths, cfg)
+    probs, member_scores = score_members(members, paths, weights, split, kept)
     dm = members.dm
     out_dir = Path(cfg.paths.output_dir)
     info = {"split": split, "select": select, "members": len(paths), "data_root": str(dm.root),
