@@ -195,10 +195,10 @@ def score_checkpoints(paths: list[Path], split: str, overrides: dict) -> dict:
         raise ValueError(f"{paths[0]} and {paths[1]} score different clips on split={split} ({len(vids)} and "
                          f"{len(vids_b)}): a paired comparison needs models trained on the same data and split")
     return {"probs": probs, "labels": labels, "train_positives": dm.train_positives(),
-            "class_names": dm.class_names(), "root": str(dm.root)}
+            "class_names": dm.class_names()}
 
 
-def write_paired(out: Path, paths: list[Path], split: str, result: dict, paired: dict) -> list[Path]:
+def write_paired(out: Path, paths: list[Path], split: str, paired: dict) -> list[Path]:
     lines = [f"# Paired comparison on split={split}", "", f"A = `{paths[0]}`", "", f"B = `{paths[1]}`", "",
              f"{paired['mAP']['replicates']} bootstrap replicates of the {paired['clips']} clips, both models "
              f"scored on each; interval: {paired['level']:.0%} percentile.", "",
@@ -274,7 +274,7 @@ def compare_checkpoints(paths: list[Path], split: str, out: Path, overrides: dic
     scores = [per_class_scores(p, labels) for p in probs]
     ap, auc = [s[0].numpy() for s in scores], [s[1].numpy() for s in scores]
     out.mkdir(parents=True, exist_ok=True)
-    written = write_paired(out, paths, split, result, paired)
+    written = write_paired(out, paths, split, paired)
     written.append(write_class_diff(out, result, ap, auc))
     written.append(plot_ap_vs_positives(out / "ap_vs_train_positives.png", result["train_positives"], ap, ["A", "B"]))
     written.append(plot_gain_loss(out / "gain_loss.png", ap[1] - ap[0], result["class_names"]))
