@@ -28,7 +28,7 @@ class Run:
     dir: Path
     name: str = "."  # relative to the folder it was found under; "." when that folder is the run
     overrides: tuple[str, ...] = ()  # as Hydra recorded them in .hydra/overrides.yaml
-    params: dict[str, str] = field(default_factory=dict)  # override key -> value as typed (see parse_overrides)
+    params: dict[str, str] = field(default_factory=dict)  # override key -> value (see parse_override)
     metrics: dict = field(default_factory=dict)  # metrics.json; empty when it is missing or unreadable
     problem: str | None = None  # why `metrics` is empty
 
@@ -102,11 +102,12 @@ def _parser():
 
 
 def parse_override(line: str, source: str = "overrides") -> tuple[str, str]:
-    """(key, value as typed) of one Hydra override string, parsed by Hydra's own override parser.
+    """(key, value) of one Hydra override string, parsed by Hydra's own override parser.
 
     `+key=v`, `++key=v` and `key=v` have the same key; a group's package stays in it (`group@pkg`).
-    The value is the text after the key (so `1e-3` stays `1e-3`, and `a b` is one value); a deletion
-    (`~key`) reads `(deleted)`.
+    A string value is the string (Hydra records `+tag=a b` as `+tag=a\\ b`: its value is `a b`,
+    as with `+tag='a b'`); any other value is its text (so `1e-3` stays `1e-3`); a deletion (`~key`)
+    reads `(deleted)`.
     """
     from hydra.errors import OverrideParseException
 
@@ -115,12 +116,15 @@ def parse_override(line: str, source: str = "overrides") -> tuple[str, str]:
     except OverrideParseException as e:
         raise ValueError(f"{source}: {line!r} is not a Hydra override ({str(e).splitlines()[0]})") from None
     key = o.key_or_group + (f"@{o.package}" if o.package else "")
+    if o.is_delete():
+        return key, "(deleted)"
+    value = o.value()
     # the key's grammar has no "=": the first one ends it
-    return key, "(deleted)" if o.is_delete() else o.input_line.partition("=")[2]
+    return key, value if isinstance(value, str) else o.input_line.partition("=")[2]
 
 
 def parse_overrides(lines: Sequence[str], source: str = "overrides") -> dict[str, str]:
-    """{key: value as typed} of override strings (parse_override); a key set twice keeps its later value."""
+    """{key: value} of override strings (parse_override); a key set twice keeps its later value."""
     return dict(parse_override(line, source) for line in lines)
 
 

@@ -54,9 +54,9 @@ def fake_sweep(tmp_path_factory) -> Path:
     """A train.py -m sweep dir over init, its values with spaces in `+tag`, a failed job without
     curves, and the summary.md the sweep wrote when it ended."""
     root = tmp_path_factory.mktemp("fake") / "sweep"
-    _job(root / "0", ["init=xavier", "+tag=a b"], {"status": "ok", "val/mAP": 0.32}, 0.1)
-    _job(root / "1", ["init=kaiming", "+tag=a b"], {"status": "ok", "val/mAP": 0.33}, 0.2)
-    _job(root / "2", ["init=orthogonal", "+tag=a b"], {"status": "failed", "error": "ValueError: boom"}, None)
+    _job(root / "0", ["init=xavier", "+tag=a\\ b"], {"status": "ok", "val/mAP": 0.32}, 0.1)
+    _job(root / "1", ["init=kaiming", "+tag=a\\ b"], {"status": "ok", "val/mAP": 0.33}, 0.2)
+    _job(root / "2", ["init=orthogonal", "+tag=a\\ b"], {"status": "failed", "error": "ValueError: boom"}, None)
     (root / "multirun.yaml").write_text("{}\n")
     (root / "summary.md").write_text("| job | the sweep's own summary |\n")
     return root
@@ -104,7 +104,7 @@ def test_report_on_a_sweep(fake_sweep, tmp_path):
 
 def test_values_with_spaces_label_the_runs(fake_sweep, tmp_path):
     other = tmp_path / "other"
-    _job(other / "0", ["init=xavier", "+tag=c d"], {"status": "ok"}, 0.3)
+    _job(other / "0", ["init=xavier", "+tag=c\\ d"], {"status": "ok"}, 0.3)
     make_report([fake_sweep, other], tmp_path / "r", by=["tag"])
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| sweep/0 | tag=a b |" in md and "| other/0 | tag=c d |" in md

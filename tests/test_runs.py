@@ -30,9 +30,10 @@ def _job(root: Path, name: str, overrides: list[str] | None, metrics: dict | str
 @pytest.fixture
 def sweep(tmp_path) -> Path:
     root = tmp_path / "sweep"
-    _job(root, "0", ["+tag=a b", "init=xavier", "optim.lr=1e-3"], {"status": "ok", "val/mAP": 0.25})
+    # a value with a space, as Hydra records `+tag='a b'` typed in a shell
+    _job(root, "0", ["+tag=a\\ b", "init=xavier", "optim.lr=1e-3"], {"status": "ok", "val/mAP": 0.25})
     _job(root, "1", ["+tag=a c", "init=kaiming", "optim.lr=1e-3"], {"status": "ok", "val/mAP": 0.2})
-    _job(root, "2", ["+tag=a b", "init=orthogonal", "optim.lr=1e-3"],
+    _job(root, "2", ["+tag='a b'", "init=orthogonal", "optim.lr=1e-3"],
          {"status": "failed", "error": "ValueError: boom", "overrides": ["+tag=a b", "init=orthogonal"]})
     _job(root, "10", ["+tag=a b", "init=normal", "optim.lr=1e-3"],
          {"status": "diverged", "diverged": "val/mAUC 0.5 after 5 epochs", "val/mAP": 0.01})
@@ -61,8 +62,10 @@ def test_runs_are_found_by_one_rule_in_job_order(sweep):
 
 def test_overrides_are_parsed_by_hydra_so_values_keep_their_spaces(sweep):
     run = load_run(sweep / "0", sweep)
-    assert run.overrides == ("+tag=a b", "init=xavier", "optim.lr=1e-3")
-    assert run.params == {"tag": "a b", "init": "xavier", "optim.lr": "1e-3"}  # `+` dropped, value as typed
+    assert run.overrides == ("+tag=a\\ b", "init=xavier", "optim.lr=1e-3")
+    assert run.params == {"tag": "a b", "init": "xavier", "optim.lr": "1e-3"}  # `+` dropped, numbers as typed
+    # escaped, quoted or bare: one value
+    assert {r.params["tag"] for r in find_runs(sweep) if r.name != "1"} == {"a b"}
     assert parse_override("++data.root=/data/my set") == ("data.root", "/data/my set")
     assert parse_override("model@net=fc") == ("model@net", "fc")
     assert parse_override("~callbacks.lr_monitor") == ("callbacks.lr_monitor", "(deleted)")
@@ -121,9 +124,9 @@ def test_checkpoints_of_a_run(tmp_path):
 def test_sweep_summary_lists_every_job_with_its_swept_values(sweep):
     rows = write_summary(sweep)
     assert [r["job"] for r in rows] == ["0", "1", "2", "3", "4", "10"]
-    assert rows[0]["swept"] == ["+tag=a b", "init=xavier"] and rows[0]["overrides"][2] == "optim.lr=1e-3"
+    assert rows[0]["swept"] == ["+tag=a\\ b", "init=xavier"] and rows[0]["overrides"][2] == "optim.lr=1e-3"
     md = (sweep / "summary.md").read_text()
-    assert "| 0 | +tag=a b init=xavier | ok | 0.2500 |" in md
+    assert "| 0 | +tag=a\\ b init=xavier | ok | 0.2500 |" in md
     assert f"| 3 | +tag=a b init=uniform | failed |  | {NO_METRICS} |" in md
     assert "| 10 | +tag=a b init=normal | diverged |" in md and "ValueError: boom" in md
     table = list(csv.DictReader(open(sweep / "summary.csv")))
