@@ -1,6 +1,6 @@
 """`python -m aer.compare DIR [DIR ...] --out OUT`: a sweep's jobs grouped over seeds, mean ± sd.
 
-Jobs are grouped by their swept overrides other than `seed` (aer.sweep's job table); per group it
+Jobs are grouped by their swept overrides other than `seed` (aer.runs.swept_keys); per group it
 reports n and mean ± sd of every number in the jobs' metrics.json, and plots the per-epoch curves
 (from the TensorBoard events, as aer.report reads them) as the mean over seeds with a min–max band.
 
@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from aer.report import SWEEP_PANELS, _colors, _legend, _legend_height, _panel, _save, find_runs, parse_keys, run_cli
-from aer.sweep import collect, fmt, swept
+from aer.report.cli import parse_keys, run_cli
+from aer.report.events import traced_runs
+from aer.report.plots import SWEEP_PANELS, colors, legend, legend_height, panel, save_png
+from aer.runs import RUN_MARKERS, Run, find_runs, swept_keys
+from aer.sweep import fmt
 from aer.utils import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -36,43 +39,30 @@ SEED = "seed"
 
 
 # ---- grouping over seeds
-def _params(overrides: str) -> dict[str, str]:
-    out = {}
-    for o in overrides.split():
-        key, _, value = o.partition("=")
-        out[key.lstrip("+")] = value
-    return out
-
-
-def job_rows(dirs: list[Path]) -> list[dict]:
-    """aer.sweep's rows of every job under `dirs`, each with its absolute `dir`."""
-    rows = []
+def sweep_runs(dirs: list[Path]) -> list[Run]:
+    """The runs under every dir of `dirs` (aer.runs.find_runs), in order, each named as in its dir."""
+    runs = []
     for d in dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such directory (expected a train.py -m sweep dir)")
-        found = collect(d)
+        found = find_runs(d)
         if not found:
-            raise FileNotFoundError(f"{d}: no job dirs (folders with .hydra/) under it")
-        for r in found:
-            r["dir"] = (d / r["job"]).resolve()
-        rows += found
-    return rows
+            raise FileNotFoundError(f"{d}: no run dirs under it (folders holding {', '.join(RUN_MARKERS)})")
+        runs += found
+    return runs
 
 
-def group_jobs(rows: list[dict], by: list[str] | None = None) -> tuple[list[str], dict[tuple, list[dict]]]:
-    """(the grouping keys, {their values: the rows}), keys = the swept overrides other than seed."""
-    keys = [k.lstrip("+") for k in (by or swept(rows))]
+def group_jobs(runs: list[Run], by: list[str] | None = None) -> tuple[list[str], dict[tuple, list[Run]]]:
+    """(the grouping keys, {their values: the runs}), keys = aer.runs' swept keys other than seed."""
+    keys = [k.lstrip("+") for k in (by or swept_keys(runs))]
     keys = list(dict.fromkeys(k for k in keys if k != SEED))
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        p = _params(r["overrides"])
-        groups.setdefault(tuple(p.get(k, "(default)") for k in keys), []).append(r)
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r.params.get(k, "(default)") for k in keys), []).append(r)
     return keys, groups
 
 
-def metric_stats(rows: list[dict]) -> dict[str, tuple[int, float, float]]:
+def metric_stats(runs: list[Run]) -> dict[str, tuple[int, float, float]]:
     """Per numeric metric of the finished jobs: (n, mean, sd over jobs; sd NaN for one job)."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r.metrics for r in runs if r.status == "ok"]
     names = list(dict.fromkeys(k for r in ok for k, v in r.items()
                                if isinstance(v, (int, float)) and not isinstance(v, bool)))
     out = {}
@@ -102,8 +92,8 @@ def write_group_tables(out: Path, keys: list[str], groups: dict, stats: dict) ->
     w.writerow([*keys, "n", "seeds", *(f"{m}_{s}" for m in metrics for s in ("n", "mean", "sd"))])
     for values, rows in groups.items():
         s = stats[values]
-        seeds = " ".join(_params(r["overrides"]).get(SEED, "(default)") for r in rows if r.get("status") == "ok")
-        n = sum(r.get("status") == "ok" for r in rows)
+        seeds = " ".join(r.params.get(SEED, "(default)") for r in rows if r.status == "ok")
+        n = sum(r.status == "ok" for r in rows)
         md.append("| " + " | ".join([*values, str(n), seeds, *(_pm(*s[m][1:]) if m in s else "" for m in metrics)])
                   + " |")
         w.writerow([*values, n, seeds, *(x for m in metrics for x in (s[m] if m in s else ("", "", "")))])
@@ -127,13 +117,13 @@ def band(curves: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
             "min": np.nanmin(table, 0), "max": np.nanmax(table, 0)}
 
 
-def group_curves(groups: dict, runs_by_dir: dict) -> dict[tuple, dict[str, dict]]:
-    """{group: {tag: band}} from the runs' TensorBoard curves."""
+def group_curves(groups: dict, curves_by_dir: dict) -> dict[tuple, dict[str, dict]]:
+    """{group: {tag: band}} from the runs' TensorBoard curves ({resolved run dir: curves})."""
     out = {}
-    for values, rows in groups.items():
-        runs = [runs_by_dir[r["dir"]] for r in rows if r["dir"] in runs_by_dir]
-        tags = list(dict.fromkeys(t for run in runs for t in run.curves))
-        out[values] = {t: band([run.curves[t] for run in runs if t in run.curves]) for t in tags}
+    for values, runs in groups.items():
+        curves = [curves_by_dir[r.dir.resolve()] for r in runs if r.dir.resolve() in curves_by_dir]
+        tags = list(dict.fromkeys(t for c in curves for t in c))
+        out[values] = {t: band([c[t] for c in curves if t in c]) for t in tags}
     return out
 
 
@@ -149,38 +139,38 @@ def write_curves(out: Path, keys: list[str], curves: dict) -> list[Path]:
                             *(f"{b[k][i]:.6g}" if np.isfinite(b[k][i]) else "" for k in ("mean", "sd", "min", "max"))])
     atomic_write_text(out / "curves.csv", buf.getvalue())
     labels = [_label(keys, v) for v in curves]
-    fig = Figure(figsize=(14, 4.4 + _legend_height(14, labels)), layout="constrained")
+    fig = Figure(figsize=(14, 4.4 + legend_height(14, labels)), layout="constrained")
     axes = fig.subplots(1, len(SWEEP_PANELS))
     for ax, tag in zip(axes, SWEEP_PANELS):
-        for tags, label, color in zip(curves.values(), labels, _colors(len(curves))):
+        for tags, label, color in zip(curves.values(), labels, colors(len(curves))):
             if tag in tags:
                 b = tags[tag]
                 ax.plot(b["epoch"], b["mean"], color=color, marker="o", markersize=2, label=label)
                 ax.fill_between(b["epoch"], b["min"], b["max"], color=color, alpha=0.2, linewidth=0)
-        _panel(ax, tag)
+        panel(ax, tag)
     fig.suptitle("mean over seeds, band: min–max")
-    _legend(fig, axes[0])
-    return [out / "curves.csv", _save(fig, out / "curves.png")]
+    legend(fig, axes[0])
+    return [out / "curves.csv", save_png(fig, out / "curves.png")]
 
 
 def compare_sweeps(dirs: list[Path], out: Path, by: list[str] | None = None) -> list[Path]:
     """The seed-grouped tables and curves of the jobs under `dirs`, written into `out`."""
-    rows = job_rows(dirs)
-    keys, groups = group_jobs(rows, by)
+    runs = sweep_runs(dirs)
+    keys, groups = group_jobs(runs, by)
     stats = {v: metric_stats(r) for v, r in groups.items()}
-    runs_by_dir = {}
+    curves_by_dir = {}
     for d in dirs:
         try:
-            runs_by_dir.update({run.dir.resolve(): run for run in find_runs(d, exclude=out)})
+            curves_by_dir.update({t.run.dir.resolve(): t.curves for t in traced_runs(d, exclude=out)})
         except FileNotFoundError as e:  # metrics without curves: the tables still stand
             log.warning("%s", e)
     out.mkdir(parents=True, exist_ok=True)
     written = write_group_tables(out, keys, groups, stats)
-    curves = group_curves(groups, runs_by_dir)
+    curves = group_curves(groups, curves_by_dir)
     if any(curves.values()):
         written += write_curves(out, keys, curves)
     md = [f"# Compare: {', '.join(str(d.resolve()) for d in dirs)}", "",
-          f"{len(rows)} jobs in {len(groups)} groups by {', '.join(f'`{k}`' for k in keys) or 'nothing'} "
+          f"{len(runs)} jobs in {len(groups)} groups by {', '.join(f'`{k}`' for k in keys) or 'nothing'} "
           f"(over `{SEED}`); mean ± sd over the finished jobs of each group.", "",
           *(out / "groups.md").read_text().splitlines(), ""]
     if (out / "curves.png").exists():
@@ -206,10 +196,10 @@ def score_checkpoints(paths: list[Path], split: str, overrides: dict) -> dict:
         raise ValueError(f"{paths[0]} and {paths[1]} score different clips on split={split} ({len(vids)} and "
                          f"{len(vids_b)}): a paired comparison needs models trained on the same data and split")
     return {"probs": probs, "labels": labels, "train_positives": dm.train_positives(),
-            "class_names": dm.class_names(), "root": str(dm.root)}
+            "class_names": dm.class_names()}
 
 
-def write_paired(out: Path, paths: list[Path], split: str, result: dict, paired: dict) -> list[Path]:
+def write_paired(out: Path, paths: list[Path], split: str, paired: dict) -> list[Path]:
     lines = [f"# Paired comparison on split={split}", "", f"A = `{paths[0]}`", "", f"B = `{paths[1]}`", "",
              f"{paired['mAP']['replicates']} bootstrap replicates of the {paired['clips']} clips, both models "
              f"scored on each; interval: {paired['level']:.0%} percentile.", "",
@@ -241,7 +231,7 @@ def plot_ap_vs_positives(path: Path, train_positives: np.ndarray, aps: list[np.n
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
     x = np.maximum(train_positives, 1)  # a class with no training positive sits at 1 on the log axis
-    for ap, name, color in zip(aps, names, _colors(len(aps))):
+    for ap, name, color in zip(aps, names, colors(len(aps))):
         ok = np.isfinite(ap)
         ax.scatter(x[ok], ap[ok], s=8, alpha=0.5, color=color, label=f"{name} (mAP {np.mean(ap[ok]):.4f})")
     ax.set_xscale("log")
@@ -249,7 +239,7 @@ def plot_ap_vs_positives(path: Path, train_positives: np.ndarray, aps: list[np.n
     ax.set_ylabel("AP on the scored split")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_gain_loss(path: Path, diff: np.ndarray, class_names: list[tuple[str, str]], top: int = 15) -> Path:
@@ -266,7 +256,7 @@ def plot_gain_loss(path: Path, diff: np.ndarray, class_names: list[tuple[str, st
     ax.set_xlabel("AP of B − AP of A")
     ax.set_title(f"classes that gain and lose most (top {top} each way)")
     ax.grid(True, axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def compare_checkpoints(paths: list[Path], split: str, out: Path, overrides: dict | None = None,
@@ -285,7 +275,7 @@ def compare_checkpoints(paths: list[Path], split: str, out: Path, overrides: dic
     scores = [per_class_scores(p, labels) for p in probs]
     ap, auc = [s[0].numpy() for s in scores], [s[1].numpy() for s in scores]
     out.mkdir(parents=True, exist_ok=True)
-    written = write_paired(out, paths, split, result, paired)
+    written = write_paired(out, paths, split, paired)
     written.append(write_class_diff(out, result, ap, auc))
     written.append(plot_ap_vs_positives(out / "ap_vs_train_positives.png", result["train_positives"], ap, ["A", "B"]))
     written.append(plot_gain_loss(out / "gain_loss.png", ap[1] - ap[0], result["class_names"]))

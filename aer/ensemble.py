@@ -12,7 +12,6 @@ members, weights, each member's scores on the scored split, and the selection tr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,50 +23,39 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aer.evaluate import SPLIT_PREFIX, check_bootstrap, check_split, data_overrides, format_scores, write_report
-from aer.sweep import job_key
+from aer.runs import find_runs
 from aer.utils import write_json
 
 log = logging.getLogger(__name__)
 
 SELECT = ("none", "greedy")
 SELECTION_SPLIT = "val"  # ensembles are chosen on the dev split; eval stays unseen until the end
-# where a sweep job keeps its checkpoints when metrics.json's paths no longer point at them (a moved sweep)
-_FALLBACKS = ("best.ckpt", "final.ckpt", "last.ckpt")
 
 
 # ---- members
 def sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
-    """The best checkpoint of every finished job under `sweep_dir`, in job order; failed jobs are skipped.
+    """The result checkpoint of every finished job under `sweep_dir`, in job order; others are skipped.
 
-    A job is a folder holding metrics.json (train.py writes it last, with status ok, or with
-    status failed through aer.entry.task). Its checkpoint is metrics.json's best_ckpt, else
-    checkpoints/best.ckpt, final.ckpt, then last_ckpt / checkpoints/last.ckpt.
+    Jobs are aer.runs' run dirs; a finished one has metrics.json with status ok (train.py writes it
+    last; a failed or diverged job says so there). Its checkpoint is aer.runs.Run.result_checkpoint:
+    metrics.json's best_ckpt, else checkpoints/best.ckpt, final.ckpt, then the last epoch's.
     """
     root = Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"sweep={root}: no such directory (expected a train.py -m sweep dir)")
     found = []
-    for mfile in sorted(root.rglob("metrics.json"), key=lambda p: job_key(p.parent.relative_to(root))):
-        job = mfile.parent
-        rel = job.relative_to(root)
-        try:
-            m = json.loads(mfile.read_text())
-        except (OSError, ValueError) as e:
-            log.warning("sweep job %s: skipped, unreadable metrics.json (%s)", rel, e)
+    for run in find_runs(root):
+        if run.status != "ok":
+            log.warning("sweep job %s: skipped, status %s (%s)", run.name, run.status, run.error or "no error")
             continue
-        if m.get("status") != "ok":
-            log.warning("sweep job %s: skipped, status %s (%s)", rel, m.get("status"), m.get("error", "no error"))
-            continue
-        cands = [m.get("best_ckpt"), *(job / "checkpoints" / n for n in _FALLBACKS[:2]),
-                 m.get("last_ckpt"), job / "checkpoints" / _FALLBACKS[2]]
-        ckpt = next((Path(c) for c in cands if c and Path(c).is_file()), None)
+        ckpt = run.result_checkpoint()
         if ckpt is None:
-            log.warning("sweep job %s: skipped, finished but holds no checkpoint", rel)
+            log.warning("sweep job %s: skipped, finished but holds no checkpoint", run.name)
             continue
         found.append(ckpt.resolve())
     if not found:
         raise FileNotFoundError(f"sweep={root}: no finished job with a checkpoint (looked for metrics.json "
-                                f"with status ok and checkpoints/{{{','.join(_FALLBACKS)}}} in its job folders)")
+                                f"with status ok and checkpoints/{{best,final,last}}.ckpt in its job folders)")
     log.info("sweep %s: %d members", root, len(found))
     return found
 
@@ -193,46 +181,45 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError("weights=... and select=greedy: greedy selection chooses the weights; give one of them")
 
 
-def run(cfg: DictConfig) -> dict:
-    """Averages the members' probabilities on cfg.split; returns what it writes to metrics.json."""
-    t0 = time.time()
-    check_config(cfg)
-    split, select = cfg.split, cfg.select
-    paths = member_paths(cfg)
+def given_weights(cfg: DictConfig, n: int) -> np.ndarray:
+    """cfg.weights, normalised, for `n` members (uniform when not given)."""
     weights = cfg.get("weights")
     if isinstance(weights, ListConfig):
         weights = OmegaConf.to_container(weights, resolve=True)
     elif weights is not None:
         raise ValueError(f"weights={weights!r}: expected a list with one number per member, e.g. weights=[2,1]")
-    weights = normalize_weights(weights, len(paths))
-    overrides = data_overrides(cfg)
+    return normalize_weights(weights, n)
 
+
+def select_weights(members: _Members, paths: list[Path], cfg: DictConfig) -> tuple[np.ndarray, dict, dict]:
+    """Greedy selection on the dev split: (weights, the selection's record, the dev predictions by
+    path when the scored split is the dev split too, else {})."""
+    for p, ckpt in members.ckpts.items():
+        if (ckpt.get("datamodule_hyper_parameters") or {}).get("mode") == "final":
+            log.warning("%s was trained in final mode: the dev split was part of its training data, so "
+                        "selecting on it favours it", p)
+    kept = dict(members.predict(SELECTION_SPLIT))
+    counts, trace = greedy_select([kept[p] for p in paths], members.labels, cfg.rounds)
+    selection = {"split": SELECTION_SPLIT, "rounds": cfg.rounds, "trace": trace, "counts": counts.tolist(),
+                 "mAP": max(t["mAP"] for t in trace), "clips": int(len(members.labels))}
+    print(f"greedy selection on split={SELECTION_SPLIT}: counts {counts.tolist()}, "
+          f"mAP {selection['mAP']:.4f}", flush=True)
+    if cfg.split != SELECTION_SPLIT:
+        kept = {}
+    else:
+        log.warning("split=val is the split the weights were selected on: its scores are optimistic")
+    return counts / counts.sum(), selection, kept
+
+
+def score_members(members: _Members, paths: list[Path], weights: np.ndarray, split: str,
+                  kept: dict) -> tuple[np.ndarray, dict]:
+    """(the weighted mean of the members' probabilities, each member's scores) on `split`;
+    one member's predictions in memory at a time. `kept`: predictions already made, by path."""
     import torch
 
     from aer.metrics import summarize
 
-    members = _Members(paths, overrides)
-    selection = None
-    kept: dict = {}  # selection-split predictions, reused when the scored split is the same
-    if select == "greedy":
-        for p, ckpt in members.ckpts.items():
-            if (ckpt.get("datamodule_hyper_parameters") or {}).get("mode") == "final":
-                log.warning("%s was trained in final mode: the dev split was part of its training data, so "
-                            "selecting on it favours it", p)
-        kept = dict(members.predict(SELECTION_SPLIT))
-        counts, trace = greedy_select([kept[p] for p in paths], members.labels, cfg.rounds)
-        weights = counts / counts.sum()
-        selection = {"split": SELECTION_SPLIT, "rounds": cfg.rounds, "trace": trace, "counts": counts.tolist(),
-                     "mAP": max(t["mAP"] for t in trace), "clips": int(len(members.labels))}
-        print(f"greedy selection on split={SELECTION_SPLIT}: counts {counts.tolist()}, "
-              f"mAP {selection['mAP']:.4f}", flush=True)
-        if split != SELECTION_SPLIT:
-            kept = {}
-        else:
-            log.warning("split=val is the split the weights were selected on: its scores are optimistic")
     per_path = {p: float(sum(w for q, w in zip(paths, weights) if q == p)) for p in members.unique}
-
-    # Score each member and accumulate the weighted mean, one member's predictions in memory at a time.
     member_scores, acc = {}, None
     preds = ((p, kept[p]) for p in members.unique) if kept else members.predict(split)
     for p, probs in preds:
@@ -242,7 +229,21 @@ def run(cfg: DictConfig) -> dict:
             acc = (acc if acc is not None else np.zeros(probs.shape, np.float64)) + per_path[p] * probs
         print(f"member {p} ({members.models[p].hparams.model}): mAP {s['mAP']:.4f}  weight {per_path[p]:.4f}",
               flush=True)
-    probs = acc.astype(np.float32)
+    return acc.astype(np.float32), member_scores
+
+
+def run(cfg: DictConfig) -> dict:
+    """Averages the members' probabilities on cfg.split; returns what it writes to metrics.json."""
+    t0 = time.time()
+    check_config(cfg)
+    split, select = cfg.split, cfg.select
+    paths = member_paths(cfg)
+    weights = given_weights(cfg, len(paths))
+    members = _Members(paths, data_overrides(cfg))
+    selection, kept = None, {}  # kept: selection-split predictions, reused when the scored split is the same
+    if select == "greedy":
+        weights, selection, kept = select_weights(members, paths, cfg)
+    probs, member_scores = score_members(members, paths, weights, split, kept)
     dm = members.dm
     out_dir = Path(cfg.paths.output_dir)
     info = {"split": split, "select": select, "members": len(paths), "data_root": str(dm.root),

@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from aer.runs import find_runs, swept_keys
 from aer.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -20,19 +21,16 @@ COLUMNS = ("val/mAP", "val/mAP_best", "val/mAUC", "test/mAP", "test/mAUC", "test
 
 
 def collect(sweep_dir: str | Path) -> list[dict]:
-    """One row per job dir (a folder holding .hydra/), in job order."""
+    """One row per run under `sweep_dir` (aer.runs.find_runs), in job order: its metrics.json, `job`
+    (its dir relative to the sweep's), `overrides` (a list, as Hydra recorded them) and `swept`
+    (those of the keys that differ between the jobs: all of them when nothing does, as in a one-job sweep)."""
+    runs = find_runs(sweep_dir)
+    keys = set(swept_keys(runs)) or {k for r in runs for k in r.params}
     rows = []
-    for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra"), key=lambda p: job_key(p.parent)):
-        job = hydra_dir.parent
-        overrides = read_overrides(hydra_dir / "overrides.yaml")
-        mfile = job / "metrics.json"
-        if mfile.exists():
-            m = json.loads(mfile.read_text())
-        else:
-            m = {"status": "failed", "error": "no metrics.json (killed or still running)"}
-        # metrics.json of a failed job carries its overrides as a list: .hydra's are the ones shown
-        rows.append({**m, "job": str(job.relative_to(sweep_dir)) if job != Path(sweep_dir) else ".",
-                     "overrides": " ".join(overrides)})
+    for run in runs:
+        # metrics.json of a failed job carries its overrides too: .hydra's are the ones shown
+        rows.append({**run.metrics, "status": run.status, "error": run.error, "job": run.name,
+                     "overrides": list(run.overrides), "swept": run.overrides_of(keys)})
     return merge_trials(rows, sweep_dir)
 
 
@@ -51,43 +49,21 @@ def merge_trials(rows: list[dict], sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
-def job_key(path: Path) -> list[tuple]:
-    """Sorts job folders as Hydra numbers them: 2 before 10, numbers before names."""
-    return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in Path(path).parts]
-
-
-def read_overrides(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    from omegaconf import OmegaConf
-
-    return [str(o) for o in OmegaConf.load(path)]
-
-
 def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4f}"
+    if isinstance(v, list):  # overrides: one cell, each as Hydra recorded it
+        return " ".join(map(str, v))
     return "" if v is None else str(v)
 
 
-def swept(rows: list[dict]) -> list[str]:
-    """Override keys whose values differ between jobs: what the sweep compares."""
-    values: dict[str, set] = {}
-    for r in rows:
-        for o in r["overrides"].split():
-            key, _, val = o.partition("=")
-            values.setdefault(key, set()).add(val)
-    keys = [k for k, v in values.items() if len(v) > 1]
-    return keys or list(values)
+def _cell(v):
+    """A CSV cell: numbers at full precision, lists as fmt joins them."""
+    return fmt(v) if isinstance(v, list) else "" if v is None else v
 
 
-def write_summary(sweep_dir: str | Path) -> list[dict]:
-    """Writes summary.md (swept values only) and summary.csv (full overrides); returns the rows."""
-    sweep_dir = Path(sweep_dir)
-    rows = collect(sweep_dir)
-    keys = set(swept(rows))
-    for r in rows:
-        r["swept"] = " ".join(o for o in r["overrides"].split() if o.partition("=")[0] in keys)
+def summary_tables(rows: list[dict]) -> tuple[str, str]:
+    """(summary.md: the swept values only, summary.csv: with the full overrides) of collect's rows."""
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
     head = ["job", "swept", "status", *[c for c in ("state", "value") if any(c in r for r in rows)], *cols, "error"]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -97,9 +73,17 @@ def write_summary(sweep_dir: str | Path) -> list[dict]:
     for r in rows:
         vals = [fmt(r.get(h)) for h in head]
         md.append("| " + " | ".join(v.replace("|", "\\|").replace("\n", " ") for v in vals) + " |")
-        w.writerow([r.get(h) if r.get(h) is not None else "" for h in head] + [r["overrides"]])
-    atomic_write_text(sweep_dir / "summary.md", "\n".join(md) + "\n")
-    atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
+        w.writerow([*(_cell(r.get(h)) for h in head), fmt(r["overrides"])])
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def write_summary(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[dict]:
+    """Writes summary.md and summary.csv of the sweep into `out_dir` (default: the sweep dir); returns the rows."""
+    rows = collect(sweep_dir)
+    out = Path(out_dir if out_dir is not None else sweep_dir)
+    md, table = summary_tables(rows)
+    atomic_write_text(out / "summary.md", md)
+    atomic_write_text(out / "summary.csv", table)
     return rows
 
 

@@ -148,6 +148,15 @@ def test_sweep_discovery(trained_run, fc_ckpt, lstm_ckpt, tmp_path):
     (jobs["3"] / "metrics.json").write_text(json.dumps({"status": "ok", "best_ckpt": None}))  # no checkpoint
     (jobs["10"] / "metrics.json").write_text(json.dumps({"status": "ok"}))
     shutil.copy(fc_ckpt, jobs["10"] / "checkpoints" / "final.ckpt")
+    # a diverged job, and one killed before its metrics.json (found by its .hydra/): neither is a member
+    for name, metrics in (("4", {"status": "diverged", "best_ckpt": str(fc_ckpt)}), ("5", None)):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / ".hydra" / "overrides.yaml").write_text("- init=xavier\n")
+        if metrics:
+            (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+    (sweep / "5" / "checkpoints").mkdir()
+    shutil.copy(fc_ckpt, sweep / "5" / "checkpoints" / "last.ckpt")
+    (sweep / "notes").mkdir()  # not a run
     found = ens.sweep_checkpoints(sweep)
     assert found == [fc_ckpt.resolve(), (jobs["2"] / "checkpoints" / "last.ckpt").resolve(),
                      (jobs["10"] / "checkpoints" / "final.ckpt").resolve()]

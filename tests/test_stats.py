@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from aer.compare import band, compare_sweeps, group_jobs, job_rows, main, metric_stats
+from aer.compare import band, compare_sweeps, group_jobs, main, metric_stats, sweep_runs
 from aer.metrics import (
     bootstrap,
     bootstrap_ci,
@@ -157,10 +157,10 @@ def test_grouping_of_a_sweep_with_seeds_is_exact(tmp_path):
     jobs = [({"experiment": "report_init", "init": i, "seed": s}, None if v is None else {"val/mAP": v, "epochs": 5})
             for (i, s), v in values.items()]
     sweep = _fake_sweep(tmp_path / "sweep", jobs)
-    keys, groups = group_jobs(job_rows([sweep]))
+    keys, groups = group_jobs(sweep_runs([sweep]))
     assert keys == ["init"] and list(groups) == [("xavier",), ("kaiming",)]
-    assert [r["job"] for r in groups[("xavier",)]] == ["0", "1", "2"]
-    assert [r["job"] for r in groups[("kaiming",)]] == ["3", "4", "5"]
+    assert [r.name for r in groups[("xavier",)]] == ["0", "1", "2"]
+    assert [r.name for r in groups[("kaiming",)]] == ["3", "4", "5"]
     x, k = metric_stats(groups[("xavier",)]), metric_stats(groups[("kaiming",)])
     assert x["val/mAP"] == (3, pytest.approx(0.26), pytest.approx(0.01))
     assert k["val/mAP"] == (2, pytest.approx(0.21), pytest.approx(np.std([0.20, 0.22], ddof=1)))
@@ -178,10 +178,21 @@ def test_grouping_of_a_sweep_with_seeds_is_exact(tmp_path):
 def test_grouping_several_dirs_and_by(tmp_path):
     a = _fake_sweep(tmp_path / "a", [({"model": "fc", "seed": s}, {"val/mAP": 0.1 * s}) for s in (1, 2)])
     b = _fake_sweep(tmp_path / "b", [({"model": "attention", "seed": s, "lr": 1}, {"val/mAP": 0.3}) for s in (1, 2)])
-    keys, groups = group_jobs(job_rows([a, b]))
-    assert keys == ["model"] and [len(v) for v in groups.values()] == [2, 2]
-    keys, groups = group_jobs(job_rows([a, b]), by=["model", "seed"])
+    keys, groups = group_jobs(sweep_runs([a, b]))
+    # lr is set in b only: a ran with its default, so it is swept too (aer.runs.swept_keys)
+    assert keys == ["model", "lr"] and list(groups) == [("fc", "(default)"), ("attention", "1")]
+    assert [len(v) for v in groups.values()] == [2, 2]
+    keys, groups = group_jobs(sweep_runs([a, b]), by=["model", "seed"])
     assert keys == ["model"] and list(groups) == [("fc",), ("attention",)]
+
+
+def test_grouping_keeps_values_with_spaces_whole(tmp_path):
+    sweep = _fake_sweep(tmp_path / "s", [({"+tag": t, "seed": s}, {"val/mAP": 0.1 * s}) for t in ("a b", "a c")
+                                         for s in (1, 2)])
+    keys, groups = group_jobs(sweep_runs([sweep]))
+    assert keys == ["tag"] and list(groups) == [("a b",), ("a c",)] and [len(v) for v in groups.values()] == [2, 2]
+    paths = compare_sweeps([sweep], tmp_path / "out")
+    assert "| a b | 2 | 1 2 |" in (tmp_path / "out" / "groups.md").read_text() and len(paths) == 3
 
 
 def test_band_over_runs_of_different_lengths():

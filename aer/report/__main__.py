@@ -1,0 +1,5 @@
+import sys
+
+from aer.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""The run model: what a training run left in its dir, and how runs are found under a folder.
+
+A run dir is a folder holding any of what train.py writes into one (RUN_MARKERS: Hydra's `.hydra/`,
+`metrics.json`, `checkpoints/`, `tensorboard/`); runs do not nest, so the folders inside a run dir
+are its own. The sweep summary (aer.sweep), `python -m aer.report`, `python -m aer.compare` and
+ensemble.py's `sweep=DIR` all find runs with `find_runs` and compare them with `swept_keys`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RUN_MARKERS = (".hydra", "metrics.json", "checkpoints", "tensorboard")
+# the checkpoints train.py writes: best (monitored), last (every epoch), swa (averaged), final (final mode)
+CHECKPOINTS = ("best", "last", "swa", "final")
+NO_METRICS = "no metrics.json (killed or still running)"
+
+
+@dataclass(frozen=True)
+class Run:
+    dir: Path
+    name: str = "."  # relative to the folder it was found under; "." when that folder is the run
+    overrides: tuple[str, ...] = ()  # as Hydra recorded them in .hydra/overrides.yaml
+    params: dict[str, str] = field(default_factory=dict)  # override key -> value (see parse_override)
+    metrics: dict = field(default_factory=dict)  # metrics.json; empty when it is missing or unreadable
+    problem: str | None = None  # why `metrics` is empty
+
+    @property
+    def status(self) -> str | None:
+        """metrics.json's status (ok, failed, diverged, pruned); failed when it has none to read."""
+        return self.metrics.get("status") if self.metrics else "failed"
+
+    @property
+    def error(self) -> str | None:
+        return self.metrics.get("error") or self.problem
+
+    @property
+    def recorded(self) -> bool:
+        """Whether Hydra's CLI recorded the run's config (.hydra/): false for a run composed in-process."""
+        return (self.dir / ".hydra").is_dir()
+
+    def overrides_of(self, keys: set[str] | Sequence[str]) -> list[str]:
+        """The run's overrides that set one of `keys`, as Hydra recorded them."""
+        return [o for o in self.overrides if parse_override(o)[0] in keys]
+
+    def checkpoint(self, kind: str) -> Path | None:
+        """checkpoints/<kind>.ckpt of this run dir (kind in CHECKPOINTS), if it is there."""
+        if kind not in CHECKPOINTS:
+            raise ValueError(f"checkpoint kind {kind!r}: expected one of {', '.join(CHECKPOINTS)}")
+        path = self.dir / "checkpoints" / f"{kind}.ckpt"
+        return path if path.is_file() else None
+
+    def result_checkpoint(self) -> Path | None:
+        """The checkpoint that holds the run's result: metrics.json's best_ckpt (the best epoch, SWA's
+        averaged weights, or final mode's last epoch); for a moved run dir the file of that name in its
+        own checkpoints/; else best, final, then the last epoch's."""
+        def recorded(key: str) -> list:
+            path = self.metrics.get(key)
+            return [path, self.dir / "checkpoints" / Path(path).name] if isinstance(path, str) and path else []
+
+        cands = [*recorded("best_ckpt"), self.checkpoint("best"), self.checkpoint("final"),
+                 *recorded("last_ckpt"), self.checkpoint("last")]
+        return next((Path(c) for c in cands if c is not None and Path(c).is_file()), None)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return any((path / m).exists() for m in RUN_MARKERS)
+
+
+def job_key(path: str | os.PathLike) -> list[tuple]:
+    """Sorts job folders as Hydra numbers them: 2 before 10, numbers before names."""
+    return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in Path(path).parts]
+
+
+def read_overrides(path: str | os.PathLike) -> list[str]:
+    """The override strings of a `.hydra/overrides.yaml` (none when the file is absent)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(lines, list) or not all(isinstance(s, str) for s in lines):
+        raise ValueError(f"{path}: expected a list of override strings, as Hydra writes it")
+    return lines
+
+
+@functools.cache
+def _parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def parse_override(line: str, source: str = "overrides") -> tuple[str, str]:
+    """(key, value) of one Hydra override string, parsed by Hydra's own override parser.
+
+    `+key=v`, `++key=v` and `key=v` have the same key; a group's package stays in it (`group@pkg`).
+    A string value is the string (Hydra records `+tag=a b` as `+tag=a\\ b`: its value is `a b`,
+    as with `+tag='a b'`); any other value is its text (so `1e-3` stays `1e-3`); a deletion (`~key`)
+    reads `(deleted)`.
+    """
+    from hydra.errors import OverrideParseException
+
+    try:
+        (o,) = _parser().parse_overrides([line])
+    except OverrideParseException as e:
+        raise ValueError(f"{source}: {line!r} is not a Hydra override ({str(e).splitlines()[0]})") from None
+    key = o.key_or_group + (f"@{o.package}" if o.package else "")
+    if o.is_delete():
+        return key, "(deleted)"
+    value = o.value()
+    # the key's grammar has no "=": the first one ends it
+    return key, value if isinstance(value, str) else o.input_line.partition("=")[2]
+
+
+def parse_overrides(lines: Sequence[str], source: str = "overrides") -> dict[str, str]:
+    """{key: value} of override strings (parse_override); a key set twice keeps its later value."""
+    return dict(parse_override(line, source) for line in lines)
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[dict, str | None]:
+    """(metrics.json's content, None), or ({}, why) when it is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return {}, NO_METRICS
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {}, f"unreadable metrics.json ({type(e).__name__}: {e})"
+    return (m, None) if isinstance(m, dict) else ({}, "metrics.json is not a JSON object")
+
+
+def load_run(run_dir: str | os.PathLike, root: str | os.PathLike | None = None) -> Run:
+    """The run in `run_dir`, named relative to `root` (default: the run dir itself, ".")."""
+    run_dir = Path(run_dir)
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = read_overrides(overrides_file)
+    metrics, problem = read_metrics(run_dir / "metrics.json")
+    rel = run_dir.relative_to(root) if root is not None else Path(".")
+    return Run(run_dir, str(rel), tuple(overrides), parse_overrides(overrides, str(overrides_file)), metrics, problem)
+
+
+def find_runs(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Run]:
+    """Every run dir under `root` (or `root` itself), in job order; none is an empty list.
+
+    `exclude` (with what is below it) is not searched: a report's own output folder, for one.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory (expected a run or sweep dir from train.py)")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for here, subdirs, _ in os.walk(root):
+        if skip is not None and Path(here).resolve() == skip:
+            subdirs[:] = []
+        elif is_run_dir(here):
+            found.append(Path(here))
+            subdirs[:] = []  # runs do not nest: what is inside belongs to this one
+    found.sort(key=lambda d: job_key(d.relative_to(root)))
+    return [load_run(d, root) for d in found]
+
+
+def swept_keys(runs: Sequence[Run]) -> list[str]:
+    """What a set of runs compares: the override keys whose value differs between them (a run that
+    does not set a key counts as one more value, its default), in the order they first appear."""
+    params = [r.params for r in runs]
+    keys = list(dict.fromkeys(k for p in params for k in p))
+    return [k for k in keys if len({p.get(k) for p in params}) > 1]
