@@ -6,11 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
+import aer.paths  # noqa: F401 — registers the path resolvers the configs use
 
-if not OmegaConf.has_resolver("aer.root"):
-    # The checkout (or install prefix) holding `conf/`: outputs and demo data never depend on the cwd.
-    OmegaConf.register_new_resolver("aer.root", lambda: str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _allowed(group: str) -> list[str]:
