@@ -62,7 +62,7 @@ def venv(tmp_path_factory) -> tuple[Path, Path]:
                                check=True, capture_output=True, text=True).stdout.strip())
     deps = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
     (site / "_aer_test_deps.pth").write_text("".join(f"{p}\n" for p in deps))
-    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--compile", "-q", str(wheel)],
                    check=True, capture_output=True, timeout=300)
     return env_dir / "bin", site
 
