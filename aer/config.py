@@ -8,19 +8,12 @@ registered network and init scheme, and `train_schema`, the top-level keys of tr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+import aer.paths  # noqa: F401 — registers the path resolvers the configs use
 from aer.schema import structured
 from aer.settings import INITS, MODELS, BootstrapSettings, DataSettings, Section, TrainSettings
-
-ROOT = Path(__file__).resolve().parents[1]
-
-if not OmegaConf.has_resolver("aer.root"):
-    # The checkout (or install prefix) holding `conf/`: outputs and demo data never depend on the cwd.
-    OmegaConf.register_new_resolver("aer.root", lambda: str(ROOT))
 
 if not OmegaConf.has_resolver("aer.by_mode"):
     # ${aer.by_mode:${data.mode},DEV,FINAL}: the one value of a setting that differs in final mode

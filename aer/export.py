@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import aer.config  # noqa: F401 — registers the resolvers the config uses
 from aer.entry import task
+from aer.paths import CONFIGS
 from aer.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="export")
 def main(cfg: DictConfig):
     return task(run)(cfg)
 

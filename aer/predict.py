@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import aer.config  # noqa: F401 — registers the resolvers the config uses
 from aer.data.convert import ON_BAD, list_shards, load_split, read_shard
 from aer.entry import cli, task
+from aer.paths import CONFIGS
 from aer.utils import atomic_open
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def run(cfg: DictConfig) -> dict:
             "seconds": round(time.time() - t0, 2)}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="predict")
 def main(cfg: DictConfig):
     return task(run)(cfg)
 

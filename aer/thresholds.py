@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import aer.config  # noqa: F401 — registers the resolvers the config uses
 from aer.entry import task
 from aer.evaluate import data_overrides
+from aer.paths import CONFIGS
 from aer.utils import write_json
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _describe(info: dict) -> str:
             f"R {info['val/micro_recall']:.4f}), macro F1 {info['val/macro_f1']:.4f}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="thresholds")
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="thresholds")
 def main(cfg: DictConfig):
     return task(run)(cfg)
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aer.config import ROOT as _  # noqa: E402,F401 — registers resolvers
+import aer.config  # noqa: E402,F401 — registers the config schema and resolvers
 from aer.data.datamodule import AudioSetDataModule  # noqa: E402
 from aer.module import Tagger  # noqa: E402
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from aer.data.convert import DATASETS, CacheError, convert, load_splits
 from aer.data.demo import ensure_demo, is_demo
 from aer.data.records import NUM_CLASSES
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
+from aer.paths import aer_home
 from aer.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,14 @@ def resolve_split_dir(root: Path, split: str) -> Path:
 
 
 def default_cache_dir(root: Path) -> Path:
-    """Beside the data in a demo set (aer made that folder); else a per-root folder under ~/.cache/aer.
+    """Beside the data in a demo set (aer made that folder); else a per-root folder in $AER_HOME (~/.cache/aer).
 
     A data folder aer did not make (the release, a copy of it) is never written into.
     """
     if is_demo(root):
         return root / "aer_cache"
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "aer" / f"{root.name}-{key}"
+    return aer_home() / f"{root.name}-{key}"
 
 
 class AudioSetDataModule(pl.LightningDataModule):

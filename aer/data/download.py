@@ -104,70 +104,89 @@ def _open(url: str, offset: int, timeout: float):
 
 def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool) -> None:
     """One HTTP request that extends ``part``; returns only once the file is complete."""
-    name = part.name.removesuffix(".part")
     offset = part.stat().st_size if part.exists() else 0
     try:
         response = _open(url, offset, timeout)
     except urllib.error.HTTPError as exc:
         with exc:
-            if exc.code == 416 and offset:
-                # The answer carries "Content-Range: bytes */<size of the remote file>".
-                total = _int_or_none(exc.headers.get("Content-Range", "").rpartition("/")[2])
-                if total == offset:
-                    return  # an earlier run got every byte but stopped before the rename
-                # Otherwise the .part cannot be a prefix of the remote file: start over.
-                part.unlink()
-                return _fetch_once(url, part, timeout=timeout, progress=progress)
-            if exc.code in (408, 429) or exc.code >= 500:
-                raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
-            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-
+            complete = _complete_after(exc, url, part, offset)
+        if not complete:
+            _fetch_once(url, part, timeout=timeout, progress=progress)
+        return
     with response:
-        if response.status == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-            if not match or int(match.group(1)) != offset:
-                if not offset:
-                    raise DownloadError(f"{url}: partial content (HTTP 206) to a plain request")
-                # Splicing a range we did not ask for would corrupt the file silently.
-                response.close()
-                part.unlink()
-                return _fetch_once(url, part, timeout=timeout, progress=progress)
-            total = None if match.group(3) == "*" else int(match.group(3))
-            mode = "ab"
-        else:
-            # A 200 to a range request means the server ignores ranges: the body is
-            # the whole file, so the old prefix must go.
-            offset, mode = 0, "wb"
-            total = _int_or_none(response.headers.get("Content-Length"))
+        body = _body_range(response, url, offset)
+        if body is not None:
+            _save_body(response, part, *body, progress=progress)
+    if body is None:
+        # Splicing a range we did not ask for would corrupt the file silently: start over.
+        part.unlink()
+        _fetch_once(url, part, timeout=timeout, progress=progress)
+        return
+    _check_size(part, body[2])
 
-        bar = tqdm(
-            total=total,
-            initial=offset,
-            desc=name,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            disable=not (progress and sys.stderr.isatty()),
-        )
-        with bar, open(part, mode) as out:
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Transient(f"transfer interrupted: {_one_line(exc)}") from exc
-                if not chunk:
-                    break
-                try:
-                    out.write(chunk)
-                except OSError as exc:  # the .part is kept: a rerun resumes once there is space
-                    raise (disk_full(part, exc) if is_disk_full(exc) else exc) from None
-                bar.update(len(chunk))
 
+def _complete_after(exc: urllib.error.HTTPError, url: str, part: Path, offset: int) -> bool:
+    """What an HTTP error answer means for ``part``: True when it holds the whole file already,
+    False when it was removed to start over; else raises, retryable (_Transient) or not."""
+    if exc.code == 416 and offset:
+        # The answer carries "Content-Range: bytes */<size of the remote file>".
+        total = _int_or_none(exc.headers.get("Content-Range", "").rpartition("/")[2])
+        if total == offset:
+            return True  # an earlier run got every byte but stopped before the rename
+        # Otherwise the .part cannot be a prefix of the remote file: start over.
+        part.unlink()
+        return False
+    if exc.code in (408, 429) or exc.code >= 500:
+        raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
+    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+
+
+def _body_range(response, url: str, offset: int) -> tuple[int, str, int | None] | None:
+    """Where the response's body goes: (offset in ``part``, file mode, the file's total size if
+    announced); None when it is another range than the one asked for."""
+    if response.status == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        if not match or int(match.group(1)) != offset:
+            if not offset:
+                raise DownloadError(f"{url}: partial content (HTTP 206) to a plain request")
+            return None
+        return offset, "ab", None if match.group(3) == "*" else int(match.group(3))
+    # A 200 to a range request means the server ignores ranges: the body is
+    # the whole file, so the old prefix must go.
+    return 0, "wb", _int_or_none(response.headers.get("Content-Length"))
+
+
+def _save_body(response, part: Path, offset: int, mode: str, total: int | None, *, progress: bool) -> None:
+    bar = tqdm(
+        total=total,
+        initial=offset,
+        desc=part.name.removesuffix(".part"),
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not (progress and sys.stderr.isatty()),
+    )
+    with bar, open(part, mode) as out:
+        while True:
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Transient(f"transfer interrupted: {_one_line(exc)}") from exc
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as exc:  # the .part is kept: a rerun resumes once there is space
+                raise (disk_full(part, exc) if is_disk_full(exc) else exc) from None
+            bar.update(len(chunk))
+
+
+def _check_size(part: Path, total: int | None) -> None:
     size = part.stat().st_size
     # http.client returns EOF instead of raising when a connection drops short of
     # Content-Length, so the size comparison is what detects a cut transfer.
     if total is not None and size != total:
-        message = f"{name}: size mismatch, have {size} bytes, server announced {total}"
+        message = f"{part.name.removesuffix('.part')}: size mismatch, have {size} bytes, server announced {total}"
         if size < total:
             raise _Transient(message)
         raise DownloadError(message)
@@ -237,10 +256,7 @@ def download(
     Raises :class:`DownloadError` with a one-line message on failure.
     """
     root = Path(root).expanduser()
-    names = list(FILES) if files is None else list(dict.fromkeys(files))
-    unknown = [name for name in names if name not in FILES]
-    if unknown:
-        raise DownloadError(f"unknown file(s) {', '.join(unknown)}; known: {', '.join(FILES)}")
+    names = _names(files)
     if retries < 0:
         raise ValueError("retries must be >= 0")
     root.mkdir(parents=True, exist_ok=True)
@@ -249,25 +265,10 @@ def download(
 
     report: dict[str, dict] = {}
     for name in names:
-        dest = root / name
-        part = root / (name + ".part")
-        url = urllib.parse.urljoin(base, FILES[name])
-        if force:
-            part.unlink(missing_ok=True)
-        already_extracted = name == ARCHIVE and extract and _is_extracted(root)
-        if not force and not part.exists() and (dest.exists() or already_extracted):
-            _say(f"skip {name}: already {'downloaded' if dest.exists() else 'extracted'}")
-            if dest.exists() and name not in sums:
-                sums[name] = _sha256(dest)
-                _write_sums(root, sums)
-            status = "skipped"
-        else:
-            _say(f"{'resuming' if part.exists() else 'downloading'} {name} from {url}")
-            _fetch(url, dest, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
-            sums[name] = _sha256(dest)
-            _write_sums(root, sums)
-            status = "downloaded"
-        report[name] = {"path": dest, "status": status, "sha256": sums.get(name)}
+        status = _get(root, name, urllib.parse.urljoin(base, FILES[name]), sums, force=force,
+                      unpacked=name == ARCHIVE and extract and _is_extracted(root),
+                      retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+        report[name] = {"path": root / name, "status": status, "sha256": sums.get(name)}
 
     extracted: list[Path] = []
     if extract and ARCHIVE in report:
@@ -277,6 +278,35 @@ def download(
             _say(f"extracting {ARCHIVE} into {root}")
             extracted = _extract_archive(root / ARCHIVE, root, keep_archive=keep_archive)
     return {"root": root, "files": report, "extracted": extracted}
+
+
+def _names(files: Iterable[str] | None) -> list[str]:
+    names = list(FILES) if files is None else list(dict.fromkeys(files))
+    unknown = [name for name in names if name not in FILES]
+    if unknown:
+        raise DownloadError(f"unknown file(s) {', '.join(unknown)}; known: {', '.join(FILES)}")
+    return names
+
+
+def _get(root: Path, name: str, url: str, sums: dict[str, str], *, force: bool, unpacked: bool,
+         **fetch_kw) -> str:
+    """Fetches ``root/name`` unless it is in place, or ``unpacked`` (the archive, whose contents
+    are); keeps SHA256SUMS in step. Returns "downloaded" or "skipped"."""
+    dest = root / name
+    part = root / (name + ".part")
+    if force:
+        part.unlink(missing_ok=True)
+    if not force and not part.exists() and (dest.exists() or unpacked):
+        _say(f"skip {name}: already {'downloaded' if dest.exists() else 'extracted'}")
+        if dest.exists() and name not in sums:
+            sums[name] = _sha256(dest)
+            _write_sums(root, sums)
+        return "skipped"
+    _say(f"{'resuming' if part.exists() else 'downloading'} {name} from {url}")
+    _fetch(url, dest, **fetch_kw)
+    sums[name] = _sha256(dest)
+    _write_sums(root, sums)
+    return "downloaded"
 
 
 # --------------------------------------------------------------------------- extract

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
-from aer.config import ROOT
+import aer.paths  # noqa: F401 — registers the path resolvers the config uses
 from aer.frameworks.trainers import protocol
 
 
@@ -65,7 +65,7 @@ def train(job: dict, job_dir: Path) -> None:
     missing = [k for k in ("data_root", "cache_dir", "val_fraction", "split_seed") if k not in job]
     if missing:
         raise ValueError(f"{job_dir / 'job.json'}: missing key(s) {', '.join(missing)} (aer reads the data itself)")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module="aer.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides(job, job_dir))
     with open_dict(cfg):
         cfg.callbacks.frameworks_record = {"_target_": f"{__name__}.RecordEpochs", "job_dir": str(job_dir)}

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from aer.paths import aer_home
 from aer.utils import write_json
 
 # Pins that conflict with aer's own environment (numpy>=1.24 there; mxnet 1.9.1 needs numpy<1.24).
@@ -35,7 +36,7 @@ INSTALL_TIMEOUT_S = 1800
 
 
 def home() -> Path:
-    return Path(os.environ.get("AER_HOME") or Path.home() / ".cache" / "aer") / "frameworks"
+    return aer_home() / "frameworks"
 
 
 def import_error(python: str | os.PathLike, modules: list[str], timeout: float = 300) -> str | None:
