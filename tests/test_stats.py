@@ -318,9 +318,10 @@ def test_evaluate_reports_intervals_training_positives_and_categories(trained_ru
                                          "bootstrap.replicates=200", f"paths.output_dir={out}"]))
         with h5py.File(out / "predictions.h5") as f:
             probs, labels = torch.from_numpy(f["probs"][()]), torch.from_numpy(f["labels"][()])
+        pre = {"val": "val", "eval": "test"}[split]  # the keys training's validation and trainer.test use
         for k, v in bootstrap_ci(probs, labels, 200, 0.95, seed=0).items():
-            assert m[f"test/{k}"] == pytest.approx(v, abs=1e-12), k
-        assert m["test/mAP_ci_low"] < m["test/mAP_ci_high"] and m["bootstrap_replicates"] == 200
+            assert m[f"{pre}/{k}"] == pytest.approx(v, abs=1e-12), k
+        assert m[f"{pre}/mAP_ci_low"] < m[f"{pre}/mAP_ci_high"] and m["bootstrap_replicates"] == 200
         rows = list(csv.DictReader(open(out / "per_class.csv")))
         train = load_split(root / "aer_cache" / "bal_train.h5")["labels"]
         if split == "val":  # the dev 80%: the clips the model trained on, drawn as the data module draws them
@@ -332,7 +333,7 @@ def test_evaluate_reports_intervals_training_positives_and_categories(trained_ru
         ap = np.array([float(r["AP"]) if r["AP"] else np.nan for r in rows])
         expect = np.nanmean(ap[[0, 1, 2]]) if not np.isnan(ap[[0, 1, 2]]).all() else None
         if expect is not None:
-            assert float(cats[0]["mAP"]) == pytest.approx(expect) == m["test/category/Alpha/mAP"]
+            assert float(cats[0]["mAP"]) == pytest.approx(expect) == m[f"{pre}/category/Alpha/mAP"]
     m = run(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=eval", "bootstrap.replicates=0",
                                      f"paths.output_dir={tmp_path / 'plain'}"]))
     assert "test/mAP_ci_low" not in m and not (tmp_path / "plain" / "per_category.csv").exists()
