@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_convert import assert_same, expected_split, read_h5
 
 from aer.data.__main__ import main
 from aer.data.convert import convert, partial_path
 from aer.data.proto import SequenceExample
 from aer.data.records import Clip, serialize_clip
 from aer.data.tfrecord import ShardError, frame
-from conftest import ROOT
+from conftest import ROOT, assert_same, expected_split, read_h5
 
 
 def _clip(vid: str, n: int = 10, labels=(3, 77)) -> Clip:

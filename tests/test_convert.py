@@ -1,7 +1,5 @@
 """`python -m aer.data convert`: the HDF5 layout, the freshness check, atomicity, and SIGKILL at any moment.
-
-`expected_split` is the oracle the other modules share: what a folder of shards should convert
-to, computed with the independent reader in test_tfrecord (no aer.data code involved).
+The oracle (conftest's `expected_split`) reads the shards with the independent reader, no aer.data code.
 """
 
 from __future__ import annotations
@@ -18,50 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_tfrecord import independent_records, wire_parse
 
 from aer.data import convert as conv
 from aer.data.convert import FORMAT_VERSION, convert, load_split, partial_path
 from aer.data.demo import generate
 from aer.data.tfrecord import frame
-from conftest import ROOT
-
-FIELDS = ("features", "lengths", "labels", "video_id", "start_time", "end_time")
-
-
-def expected_split(src: Path, num_classes: int = 527) -> dict[str, np.ndarray]:
-    """The arrays a conversion of `src` must hold: shards in byte order of their names, records in file order."""
-    shards = sorted(Path(src).glob("*.tfrecord"), key=lambda p: os.fsencode(p.name))
-    clips = [wire_parse(p) for s in shards for p in independent_records(s.read_bytes())]
-    n = len(clips)
-    feats = np.zeros((n, 10, 128), np.uint8)
-    labels = np.zeros((n, num_classes), bool)
-    for i, c in enumerate(clips):
-        feats[i, :len(c["frames"])] = np.frombuffer(b"".join(c["frames"]), np.uint8).reshape(-1, 128)
-        labels[i, c["labels"]] = True
-    return {"features": feats, "lengths": np.array([len(c["frames"]) for c in clips]), "labels": labels,
-            "video_id": np.array([c["video_id"] for c in clips], dtype=object),
-            "start_time": np.array([c["start"] for c in clips], np.float32),
-            "end_time": np.array([c["end"] for c in clips], np.float32)}
-
-
-def read_h5(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        out = {k: f[k][()] for k in FIELDS if k != "video_id"}
-        out["video_id"] = f["video_id"].asstr()[()]
-        out["attrs"] = dict(f.attrs)
-        out["dtypes"] = {k: f[k].dtype for k in FIELDS}
-    return out
-
-
-def assert_same(got: dict, want: dict) -> None:
-    assert len(got["lengths"]) == len(want["lengths"])
-    for k in FIELDS:
-        a, b = np.asarray(got[k]), np.asarray(want[k])
-        if a.dtype.kind == "f":
-            np.testing.assert_array_equal(a, b.astype(a.dtype), err_msg=k)
-        else:
-            assert np.array_equal(a.astype(b.dtype) if k == "lengths" else a, b), k
+from conftest import ROOT, assert_same, expected_split, independent_records, read_h5
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert import expected_split
 
 from aer.data.datamodule import AudioSetDataModule, default_cache_dir
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
-from conftest import TINY
+from conftest import TINY, expected_split
 
 
 def make_dm(root: Path, cache: Path, **kw) -> AudioSetDataModule:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_tfrecord import independent_records, wire_parse
 
 from aer.data.demo import ensure_demo, generate
 from aer.data.proto import SequenceExample
-from conftest import REAL_SKIP, ROOT, SHARED
+from conftest import REAL_SKIP, ROOT, SHARED, independent_records, wire_parse
 
 ID_CHARS = set(string.ascii_letters + string.digits + "-_")
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_convert import assert_same, expected_split, read_h5
 
 from aer.data.convert import convert, list_shards
 from aer.data.datamodule import AudioSetDataModule, read_class_labels
-from conftest import REAL_SKIP, ROOT, SHARED
+from conftest import REAL_SKIP, ROOT, SHARED, assert_same, expected_split, independent_records, read_h5
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED / "bal_train").is_dir(), reason=REAL_SKIP)]
 
@@ -96,8 +95,6 @@ def test_shard_order_digest_and_names(got):
 
 
 def _shard_of_each_clip(shards):
-    from test_tfrecord import independent_records
-
     for s in shards:
         for _ in independent_records(s.read_bytes()):
             yield s.stem
