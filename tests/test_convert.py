@@ -117,6 +117,7 @@ def test_changed_shards_make_it_rebuild(small, tmp_path, change):
     assert convert(src, out, progress=False).fresh
 
 
+@pytest.mark.slow
 def test_workers_2_equal_workers_1(small, tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     convert(small, a, workers=1, progress=False)
@@ -127,6 +128,7 @@ def test_workers_2_equal_workers_1(small, tmp_path):
     assert ga["attrs"]["source_sha256"] == gb["attrs"]["source_sha256"]
 
 
+@pytest.mark.slow
 def test_workers_2_with_many_groups_keeps_shard_order(tmp_path, monkeypatch):
     """Tiny groups force many tasks in flight; results must still come back in shard order."""
     root = tmp_path / "d"
@@ -219,6 +221,7 @@ def _kill_after(args: list[str], partial: Path | None, delay: float) -> int:
     return proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_nothing_or_the_previous_file(big, tmp_path):
     rng = random.Random(1234)
     out = tmp_path / "bal_train.h5"

@@ -7,7 +7,6 @@ import json
 import string
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -106,10 +105,8 @@ def test_long_tailed_class_frequencies(tmp_path):
     assert (counts > 0).sum() > 400, "most classes occur"
 
 
-def test_eval_clips_zero_and_speed(tmp_path):
-    t0 = time.perf_counter()
+def test_eval_clips_zero_leaves_an_empty_eval_folder(tmp_path):
     spec = generate(tmp_path, clips=2000, eval_clips=0, seed=1)
-    assert time.perf_counter() - t0 < 30  # a few seconds for 2,000 clips, even on a busy machine
     assert spec["eval_clips"] == 0 and (tmp_path / "eval").is_dir()
     assert not list((tmp_path / "eval").iterdir())
     assert len(_clips(tmp_path / "bal_train")) == 2000

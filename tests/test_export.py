@@ -142,6 +142,7 @@ def _export_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_writes_beside_the_checkpoint_and_fails_in_one_line(checkpoints, tmp_path):
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(checkpoints["fc"], ckpt)

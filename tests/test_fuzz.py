@@ -31,6 +31,8 @@ from aer.data.proto import SequenceExample
 from aer.data.tfrecord import ShardError, frame
 from conftest import ROOT, SHARED, independent_records, read_h5, wire_parse
 
+pytestmark = pytest.mark.slow  # real shards, time-bounded; conversion workers and CLI runs
+
 SECONDS = float(os.environ.get("AER_FUZZ_SECONDS", "15"))
 SEED = int(os.environ.get("AER_FUZZ_SEED", "0"))
 CALL_TIMEOUT = 20  # seconds for one conversion of a few shards: anything near it is a hang

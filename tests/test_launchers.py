@@ -57,6 +57,7 @@ def _jobs_ok(sweep: Path, n: int) -> list[dict]:
     return metrics
 
 
+@pytest.mark.slow
 def test_joblib_runs_two_jobs_side_by_side(demo_root, tmp_path):
     pytest.importorskip(JOBLIB, reason=MISSING)
     sweep = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
@@ -72,6 +73,7 @@ def test_joblib_runs_two_jobs_side_by_side(demo_root, tmp_path):
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_sweep_job(demo_root, tmp_path):
     """The submitit path SLURM takes (pickled job, separate process, logs under .submitit), run locally."""
     pytest.importorskip(SUBMITIT, reason=MISSING)

@@ -52,6 +52,7 @@ def test_report_on_a_run_dir(trained_run, tmp_path):
     assert "| val/mAP |" in md  # the run's metrics.json as a table
 
 
+@pytest.mark.slow
 def test_report_on_a_sweep(sweep_dir):
     paths = make_report(sweep_dir)
     out = sweep_dir / "report"
@@ -68,6 +69,7 @@ def test_report_on_a_sweep(sweep_dir):
     assert md.count("| ok |") == 2 and "init=xavier" in md and "init=kaiming" in md
 
 
+@pytest.mark.slow
 def test_cli_writes_to_out_and_fails_clearly_without_runs(sweep_dir, tmp_path, capsys):
     assert main([str(sweep_dir), "--out", str(tmp_path / "r")]) == 0
     assert _is_png(tmp_path / "r" / "sweep_init.png")
@@ -99,6 +101,7 @@ def test_several_swept_keys_each_get_a_figure(tmp_path):
         assert _is_png(path)
 
 
+@pytest.mark.slow
 def test_runs_of_several_dirs_compared_by_chosen_keys(sweep_dir, trained_run, tmp_path, capsys):
     out = tmp_path / "both"
     paths = make_report([sweep_dir, trained_run], out, by=["init"])
@@ -117,6 +120,7 @@ def test_runs_of_several_dirs_compared_by_chosen_keys(sweep_dir, trained_run, tm
     assert "--by model.nope: no run has this override" in err and "init" in err
 
 
+@pytest.mark.slow
 def test_job_dirs_of_different_sweeps_keep_their_sweep_in_the_name(sweep_dir, tmp_path):
     import shutil
 

@@ -3,8 +3,10 @@ read without holding any clip twice, and bench/scale.py's replicated shards (new
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +85,15 @@ def test_train_split_all_balanced_trains(unbal_root, tmp_path):
 
 
 def test_bench_replicas_convert_with_new_ids(demo_root, tmp_path):
-    """bench/scale.py's replicas: the same clips under new, unique ids, in valid records."""
-    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    """bench/scale.py's replicas (its `_replicate` step, run as the bench runs it): the same clips under
+    new, unique ids, in valid records."""
     out = tmp_path / "r03"
-    assert bench.cmd_replicate(str(demo_root / "bal_train"), str(out), 3)["clips"] == TINY
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "_replicate", str(demo_root / "bal_train"),
+                           str(out), "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["clips"] == TINY
     a = load_split(convert(demo_root / "bal_train", tmp_path / "a.h5").out)
     b = load_split(convert(out, tmp_path / "b.h5").out)  # convert checks every record's CRCs
     for key in ("features", "labels", "lengths", "start_time", "end_time"):
         assert np.array_equal(a[key], b[key]), key
     assert list(b["video_id"]) == [f".03{i:08d}" for i in range(TINY)]
-    assert bench.parse_size("2M") == 2_000_000 and bench.fmt_size(500_000) == "500k"

@@ -121,6 +121,7 @@ def _kill_during_first_trial(args: list[str], sweep: Path) -> None:
     assert not (sweep / "0" / "metrics.json").exists(), "trial 0 finished before the kill: raise EPOCHS"
 
 
+@pytest.mark.slow
 def test_study_prunes_survives_a_kill_and_writes_a_best_overlay_that_reruns(demo_root, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -169,6 +170,7 @@ def test_study_prunes_survives_a_kill_and_writes_a_best_overlay_that_reruns(demo
     assert proc.returncode != 0 and "was started with overrides" in proc.stderr
 
 
+@pytest.mark.slow
 def test_parallel_trials_with_joblib(demo_root, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[scale]' (or '.[test]')")
     sweep = tmp_path / "sweep"

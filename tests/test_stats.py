@@ -219,6 +219,7 @@ def seed_sweep(demo_root, tmp_path_factory) -> Path:
     return tmp / "sweep"
 
 
+@pytest.mark.slow
 def test_compare_a_seed_sweep(seed_sweep, tmp_path):
     m = [json.loads((seed_sweep / str(i) / "metrics.json").read_text()) for i in range(4)]
     assert len({x["val/mAP"] for x in m}) == 4, "another seed must give another run"
@@ -239,6 +240,7 @@ def test_compare_a_seed_sweep(seed_sweep, tmp_path):
     assert not (seed_sweep / "cmp").exists() and not list(seed_sweep.rglob("groups.md"))
 
 
+@pytest.mark.slow
 def test_compare_two_checkpoints(seed_sweep, tmp_path):
     a, b = (seed_sweep / j / "checkpoints" / "best.ckpt" for j in ("0", "2"))
     out = tmp_path / "paired"

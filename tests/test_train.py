@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from aer.train import run
 from conftest import CONF, compose_cfg, run_script, train_overrides
@@ -15,11 +16,28 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_config_composes(group, option, tmp_path):
+def test_every_config_option_builds_what_it_names(group, option, tmp_path):
+    """A network or init registered under the option's name, a DataModule, or a Trainer (the GPU
+    presets built on the CPU here) takes the composed values."""
+    import hydra.utils
+    import torch
+
+    from aer.init import apply_init
+    from aer.models import build_net
+
     cfg = compose_cfg("train", [f"{group}={option}", f"paths.output_dir={tmp_path}"])
-    assert cfg[group] is not None
-    if group == "model":
-        assert cfg.model.name == option
+    if group in ("model", "init"):
+        kwargs = {k: v for k, v in OmegaConf.to_container(cfg[group], resolve=True).items() if k != "name"}
+        assert cfg[group].name == option
+        net = build_net(option, **kwargs) if group == "model" else apply_init(build_net("fc"), option, **kwargs)
+        assert net(torch.rand(2, 10, 128), torch.tensor([10, 3])).shape == (2, 527)
+    elif group == "data":
+        dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+        assert (dm.mode, dm.batch_size) == (cfg.data.mode, cfg.data.batch_size)
+    else:
+        on_cpu = {"accelerator": "cpu", "devices": 1} if cfg.trainer.accelerator == "gpu" else {}
+        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False, **on_cpu)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -119,6 +137,7 @@ def test_final_mode_tests_last_epoch_on_eval(demo_root, tmp_path):
     assert (tmp_path / "checkpoints" / "final.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_multirun_as_users_type_it(demo_root, tmp_path):
     overrides = [o for o in train_overrides(demo_root, tmp_path) if not o.startswith("paths.output_dir")]
     proc = run_script("train.py", "-m", "model=fc,skiplstm", "init=xavier,kaiming", "model.hidden=16",
@@ -137,6 +156,7 @@ def test_multirun_as_users_type_it(demo_root, tmp_path):
     assert (sweep / "summary.csv").read_text().count("\n") == 5
 
 
+@pytest.mark.slow
 def test_failed_job_is_recorded_and_sweep_goes_on(demo_root, tmp_path):
     overrides = [o for o in train_overrides(demo_root, tmp_path) if not o.startswith("paths.output_dir")]
     proc = run_script("train.py", "-m", "optim.lr=0.001,-1", "trainer.max_epochs=1",
@@ -150,6 +170,7 @@ def test_failed_job_is_recorded_and_sweep_goes_on(demo_root, tmp_path):
     assert "failed" in summary and "optim.lr=-1" in summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,needle", [
     ("model=transformer", "Available options in 'model'"),
     ("init=zeros", "Available options in 'init'"),
@@ -164,6 +185,7 @@ def test_config_mistakes_fail_before_work(override, needle, demo_root, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_missing_split_folders_named(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
