@@ -131,7 +131,7 @@ def test_datamodule_dev_split_on_the_real_data(h5, tmp_path):
     os.link(h5, cache / "bal_train.h5")  # the module's conversion, found fresh: nothing is written to ../shared
     dm = AudioSetDataModule(root=str(SHARED), cache_dir=str(cache), batch_size=500)
     dm.setup("fit")
-    assert len(dm._sets["train"]) == 17_728 and len(dm._sets["val"]) == 4_432
+    assert len(dm.split_info("train")["video_id"]) == 17_728 and len(dm.split_info("val")["video_id"]) == 4_432
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape == (500, 10, 128) and batch["y"].shape == (500, 527)
     names = read_class_labels(SHARED)
