@@ -202,7 +202,7 @@ def torch_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow", "mxnet"])
+@pytest.mark.parametrize("framework", ["torch", pytest.param("jax", marks=pytest.mark.slow), "tensorflow", "mxnet"])
 def test_trainer_script_in_this_process(framework, data, tmp_path, monkeypatch, torch_threads):
     """A trainer script run as the harness runs it (`python <trainer>.py JOB_DIR`), here in-process."""
     missing = envs.import_error(sys.executable, envs.MODULES.get(framework, []))

@@ -96,6 +96,7 @@ def _population_ap(prevalence: float, shift: float) -> float:
     return float(np.trapezoid(norm.pdf(s - shift) * tp / (tp + fp), s))
 
 
+@pytest.mark.slow  # 200 bootstrap draws
 def test_90_percent_interval_covers_the_population_map_in_85_to_95_percent_of_draws():
     prevalence, shift = np.array([0.1, 0.2]), np.array([1.0, 2.0])
     population = np.mean([_population_ap(p, d) for p, d in zip(prevalence, shift)])

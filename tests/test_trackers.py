@@ -55,6 +55,7 @@ def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
     return out
 
 
+@pytest.mark.slow  # MLflow's store and three epochs
 def test_many_loggers_store_the_same_val_map_series(demo_root, tmp_path):
     pytest.importorskip("mlflow", reason="MLflow is not installed: pip install -e '.[track]'")
     out = tmp_path / "run"
@@ -78,6 +79,7 @@ def test_many_loggers_store_the_same_val_map_series(demo_root, tmp_path):
     assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= set(_artifacts(client, mlrun.info.run_id))
 
 
+@pytest.mark.slow  # wandb runs a service process
 def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is not installed: pip install -e '.[track]'")
     for var, sub in (("WANDB_DIR", ""), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache")):

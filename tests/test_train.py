@@ -11,14 +11,19 @@ from omegaconf import OmegaConf
 from aer.train import run
 from conftest import CONF, compose_cfg, run_script, train_overrides
 
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "init", "data", "trainer")}
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+          for g in ("model", "init", "data", "trainer", "experiment")}
+EXPERIMENTS = GROUPS["experiment"]
+
+
+BUILDS = {"model": ("net",), "init": ("net",), "data": ("data",), "trainer": ("trainer",),
+          "experiment": ("net", "data", "trainer")}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_config_option_builds_what_it_names(group, option, tmp_path):
-    """A network or init registered under the option's name, a DataModule, or a Trainer (the GPU
-    presets built on the CPU here) takes the composed values."""
+    """What an option chooses builds: a network and an init registered under the names it gives, a
+    DataModule, a Trainer (the GPU presets built on the CPU here); an experiment all three."""
     import hydra.utils
     import torch
 
@@ -27,19 +32,25 @@ def test_every_config_option_builds_what_it_names(group, option, tmp_path):
 
     cfg = compose_cfg("train", [f"{group}={option}", f"paths.output_dir={tmp_path}"])
     if group in ("model", "init"):
-        kwargs = {k: v for k, v in OmegaConf.to_container(cfg[group], resolve=True).items() if k != "name"}
         assert cfg[group].name == option
-        net = build_net(option, **kwargs) if group == "model" else apply_init(build_net("fc"), option, **kwargs)
-        assert net(torch.rand(2, 10, 128), torch.tensor([10, 3])).shape == (2, 527)
-    elif group == "data":
-        dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-        assert (dm.mode, dm.batch_size) == (cfg.data.mode, cfg.data.batch_size)
-    else:
-        on_cpu = {"accelerator": "cpu", "devices": 1} if cfg.trainer.accelerator == "gpu" else {}
-        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False, **on_cpu)
-        assert trainer.max_epochs == cfg.trainer.max_epochs
+
+    def options(section: str) -> dict:
+        return {k: v for k, v in OmegaConf.to_container(cfg[section], resolve=True).items() if k != "name"}
+
+    for what in BUILDS[group]:
+        if what == "net":
+            net = apply_init(build_net(cfg.model.name, **options("model")), cfg.init.name, **options("init"))
+            assert net(torch.rand(2, 10, 128), torch.tensor([10, 3])).shape == (2, 527)
+        elif what == "data":
+            dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+            assert (dm.mode, dm.batch_size) == (cfg.data.mode, cfg.data.batch_size)
+        else:
+            on_cpu = {"accelerator": "cpu", "devices": 1} if cfg.trainer.accelerator == "gpu" else {}
+            trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False, **on_cpu)
+            assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
+@pytest.mark.slow  # a Trainer, data and a network per experiment (the fast set builds them)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_smoke_runs(experiment, demo_root, tmp_path):
     cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, f"experiment={experiment}",
@@ -119,6 +130,7 @@ def test_checkpoint_rebuilds_without_config(trained_run):
     assert stored["mode"] == "dev" and stored["val_fraction"] == 0.2
 
 
+@pytest.mark.slow  # two LSTM trainings
 def test_same_command_twice_gives_same_metrics(demo_root, tmp_path):
     results = []
     for name in ("a", "b"):
