@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from aer.models import FC, NETS, DecisionAttention, MultiLevelAttention, SkipLSTM, build_net
+from conftest import CONF
 
 B, T, D, C = 6, 10, 128, 527
 LENGTHS = torch.tensor([1, 3, 10, 7, 10, 2])
@@ -232,10 +233,11 @@ def test_gradients_flow(name, kwargs):
 
 # --- registry -------------------------------------------------------------
 
-def test_registry():
-    assert set(NETS) == {"fc", "skiplstm", "attention", "multiattention"}
-    assert isinstance(build_net("skiplstm", layers=1, hidden=4), SkipLSTM)
-    assert isinstance(build_net("fc", hidden=[32]), FC)
+def test_registry_keys_are_the_model_config_names():
+    """What users type (`model=NAME`, conf/model/NAME.yaml) is the name build_net builds."""
+    assert set(NETS) == {p.stem for p in (CONF / "model").glob("*.yaml")}
+    for name, cls in NETS.items():
+        assert type(build_net(name, hidden=[8] if name == "fc" else 8)) is cls
 
 
 def test_build_net_unknown_name():
