@@ -26,6 +26,15 @@ REAL_SKIP = f"the real AudioSet bal_train split is not at {SHARED} (it lives in 
 TINY = 600  # clips in the tests' demo set: a few seconds end to end
 
 
+def pytest_configure(config) -> None:
+    """One torch thread in the test process: the tests' tensors are tiny, and on a shared 2-core box a
+    second thread's spin-waits cost more than the work (measured under load 9: an orthogonal init of a
+    600x1000 weight took 0.12 s on one thread, 2.5 s on two). Subprocesses keep torch's default."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     from aer.data.demo import generate
