@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from aer.data import convert as conv
+from aer.data.__main__ import main
 from aer.data.convert import FORMAT_VERSION, convert, load_split, partial_path
 from aer.data.demo import generate
 from aer.data.tfrecord import frame
@@ -62,6 +63,7 @@ def test_layout_dtypes_attributes_and_content(small, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bal_train.h5"]  # no lock or temporary file left
 
 
+@pytest.mark.slow  # three CLI processes
 def test_cli_second_run_is_fresh_and_leaves_the_file_alone(small, tmp_path):
     out = tmp_path / "o.h5"
     r = run_cli("convert", small, out)
@@ -182,7 +184,7 @@ def test_other_num_classes_is_not_fresh(small, tmp_path):
         assert f["labels"].shape == (250, 600)
 
 
-def test_bad_arguments_are_clear(small, tmp_path):
+def test_bad_arguments_are_clear(small, tmp_path, capsys):
     with pytest.raises(ValueError, match="on_bad_record='ignore': expected one of error, skip"):
         convert(small, tmp_path / "o.h5", on_bad_record="ignore")
     with pytest.raises(FileNotFoundError, match="no such directory"):
@@ -190,10 +192,12 @@ def test_bad_arguments_are_clear(small, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .tfrecord shards found"):
         convert(tmp_path / "empty", tmp_path / "o.h5")
-    r = run_cli("convert", tmp_path / "nope", tmp_path / "o.h5")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no such directory" in r.stderr
-    r = run_cli("convert", small, tmp_path / "o.h5", "--on-bad-record", "ignore")
-    assert r.returncode == 2 and "invalid choice" in r.stderr
+    assert main(["convert", str(tmp_path / "nope"), str(tmp_path / "o.h5")]) == 1  # the CLI, in this process
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such directory" in err
+    with pytest.raises(SystemExit) as bad:
+        main(["convert", str(small), str(tmp_path / "o.h5"), "--on-bad-record", "ignore"])
+    assert bad.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "o.h5").exists()
 
 

@@ -106,10 +106,10 @@ def test_long_tailed_class_frequencies(tmp_path):
 
 
 def test_eval_clips_zero_leaves_an_empty_eval_folder(tmp_path):
-    spec = generate(tmp_path, clips=2000, eval_clips=0, seed=1)
+    spec = generate(tmp_path, clips=200, eval_clips=0, seed=1)
     assert spec["eval_clips"] == 0 and (tmp_path / "eval").is_dir()
     assert not list((tmp_path / "eval").iterdir())
-    assert len(_clips(tmp_path / "bal_train")) == 2000
+    assert len(_clips(tmp_path / "bal_train")) == 200
 
 
 def test_ensure_demo_reuses_or_refuses(tmp_path):
