@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_convert import assert_same, expected_split, read_h5
 
 from aer.data.__main__ import main
 from aer.data.convert import convert, partial_path
 from aer.data.proto import SequenceExample
 from aer.data.records import Clip, serialize_clip
 from aer.data.tfrecord import ShardError, frame
-from conftest import ROOT
+from conftest import ROOT, assert_same, expected_split, read_h5
 
 
 def _clip(vid: str, n: int = 10, labels=(3, 77)) -> Clip:
@@ -142,6 +141,7 @@ def test_skip_counts_the_bad_record_and_keeps_the_rest(case, tmp_path, capsys):
     assert_same(got, {k: v[keep] for k, v in want.items()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["truncated", "length-crc", "data-crc"])
 def test_cli_subprocess_keeps_a_previous_valid_file(case, tmp_path):
     src = make_split(tmp_path, None)
@@ -160,6 +160,7 @@ def test_cli_subprocess_keeps_a_previous_valid_file(case, tmp_path):
     assert not partial_path(out).exists()
 
 
+@pytest.mark.slow
 def test_cli_skip_summary_in_a_subprocess(tmp_path):
     src = make_split(tmp_path, "label-527")
     out = tmp_path / "bal_train.h5"
@@ -181,6 +182,7 @@ def test_every_record_bad_is_an_error_even_when_skipping(tmp_path, capsys):
     assert not out.exists() and not partial_path(out).exists()
 
 
+@pytest.mark.slow
 def test_an_error_in_the_first_shard_beats_later_ones_with_workers(tmp_path):
     """With workers, the error reported is still the first bad record in shard order."""
     src = make_split(tmp_path, "data-crc")

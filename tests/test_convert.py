@@ -1,7 +1,5 @@
 """`python -m aer.data convert`: the HDF5 layout, the freshness check, atomicity, and SIGKILL at any moment.
-
-`expected_split` is the oracle the other modules share: what a folder of shards should convert
-to, computed with the independent reader in test_tfrecord (no aer.data code involved).
+The oracle (conftest's `expected_split`) reads the shards with the independent reader, no aer.data code.
 """
 
 from __future__ import annotations
@@ -18,50 +16,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_tfrecord import independent_records, wire_parse
 
 from aer.data import convert as conv
+from aer.data.__main__ import main
 from aer.data.convert import FORMAT_VERSION, convert, load_split, partial_path
 from aer.data.demo import generate
 from aer.data.tfrecord import frame
-from conftest import ROOT
-
-FIELDS = ("features", "lengths", "labels", "video_id", "start_time", "end_time")
-
-
-def expected_split(src: Path, num_classes: int = 527) -> dict[str, np.ndarray]:
-    """The arrays a conversion of `src` must hold: shards in byte order of their names, records in file order."""
-    shards = sorted(Path(src).glob("*.tfrecord"), key=lambda p: os.fsencode(p.name))
-    clips = [wire_parse(p) for s in shards for p in independent_records(s.read_bytes())]
-    n = len(clips)
-    feats = np.zeros((n, 10, 128), np.uint8)
-    labels = np.zeros((n, num_classes), bool)
-    for i, c in enumerate(clips):
-        feats[i, :len(c["frames"])] = np.frombuffer(b"".join(c["frames"]), np.uint8).reshape(-1, 128)
-        labels[i, c["labels"]] = True
-    return {"features": feats, "lengths": np.array([len(c["frames"]) for c in clips]), "labels": labels,
-            "video_id": np.array([c["video_id"] for c in clips], dtype=object),
-            "start_time": np.array([c["start"] for c in clips], np.float32),
-            "end_time": np.array([c["end"] for c in clips], np.float32)}
-
-
-def read_h5(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        out = {k: f[k][()] for k in FIELDS if k != "video_id"}
-        out["video_id"] = f["video_id"].asstr()[()]
-        out["attrs"] = dict(f.attrs)
-        out["dtypes"] = {k: f[k].dtype for k in FIELDS}
-    return out
-
-
-def assert_same(got: dict, want: dict) -> None:
-    assert len(got["lengths"]) == len(want["lengths"])
-    for k in FIELDS:
-        a, b = np.asarray(got[k]), np.asarray(want[k])
-        if a.dtype.kind == "f":
-            np.testing.assert_array_equal(a, b.astype(a.dtype), err_msg=k)
-        else:
-            assert np.array_equal(a.astype(b.dtype) if k == "lengths" else a, b), k
+from conftest import ROOT, assert_same, expected_split, independent_records, read_h5
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -102,6 +63,7 @@ def test_layout_dtypes_attributes_and_content(small, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bal_train.h5"]  # no lock or temporary file left
 
 
+@pytest.mark.slow  # three CLI processes
 def test_cli_second_run_is_fresh_and_leaves_the_file_alone(small, tmp_path):
     out = tmp_path / "o.h5"
     r = run_cli("convert", small, out)
@@ -157,6 +119,7 @@ def test_changed_shards_make_it_rebuild(small, tmp_path, change):
     assert convert(src, out, progress=False).fresh
 
 
+@pytest.mark.slow
 def test_workers_2_equal_workers_1(small, tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     convert(small, a, workers=1, progress=False)
@@ -167,6 +130,7 @@ def test_workers_2_equal_workers_1(small, tmp_path):
     assert ga["attrs"]["source_sha256"] == gb["attrs"]["source_sha256"]
 
 
+@pytest.mark.slow
 def test_workers_2_with_many_groups_keeps_shard_order(tmp_path, monkeypatch):
     """Tiny groups force many tasks in flight; results must still come back in shard order."""
     root = tmp_path / "d"
@@ -220,7 +184,7 @@ def test_other_num_classes_is_not_fresh(small, tmp_path):
         assert f["labels"].shape == (250, 600)
 
 
-def test_bad_arguments_are_clear(small, tmp_path):
+def test_bad_arguments_are_clear(small, tmp_path, capsys):
     with pytest.raises(ValueError, match="on_bad_record='ignore': expected one of error, skip"):
         convert(small, tmp_path / "o.h5", on_bad_record="ignore")
     with pytest.raises(FileNotFoundError, match="no such directory"):
@@ -228,10 +192,12 @@ def test_bad_arguments_are_clear(small, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .tfrecord shards found"):
         convert(tmp_path / "empty", tmp_path / "o.h5")
-    r = run_cli("convert", tmp_path / "nope", tmp_path / "o.h5")
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no such directory" in r.stderr
-    r = run_cli("convert", small, tmp_path / "o.h5", "--on-bad-record", "ignore")
-    assert r.returncode == 2 and "invalid choice" in r.stderr
+    assert main(["convert", str(tmp_path / "nope"), str(tmp_path / "o.h5")]) == 1  # the CLI, in this process
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such directory" in err
+    with pytest.raises(SystemExit) as bad:
+        main(["convert", str(small), str(tmp_path / "o.h5"), "--on-bad-record", "ignore"])
+    assert bad.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -259,6 +225,7 @@ def _kill_after(args: list[str], partial: Path | None, delay: float) -> int:
     return proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_nothing_or_the_previous_file(big, tmp_path):
     rng = random.Random(1234)
     out = tmp_path / "bal_train.h5"

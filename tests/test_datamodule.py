@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert import expected_split
 
 from aer.data.datamodule import AudioSetDataModule, default_cache_dir
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
-from conftest import TINY
+from conftest import TINY, expected_split
 
 
 def make_dm(root: Path, cache: Path, **kw) -> AudioSetDataModule:
@@ -36,52 +35,53 @@ def oracle(demo_root) -> dict:
     return out
 
 
-def _rows(dm, name):
-    return set(dm._sets[name].rows.tolist())
+def _ids(dm, name) -> set[str]:
+    return set(dm.split_info(name)["video_id"].tolist())
 
 
-def test_dev_split_is_a_seeded_disjoint_covering_80_20(demo_root, cache):
+def test_dev_split_is_a_seeded_disjoint_covering_80_20(demo_root, cache, oracle):
     dm = make_dm(demo_root, cache)
     dm.setup("fit")
-    train, val = _rows(dm, "train"), _rows(dm, "val")
-    assert not train & val and train | val == set(range(TINY))
+    train, val = _ids(dm, "train"), _ids(dm, "val")
+    assert not train & val and train | val == set(oracle["bal_train"]["video_id"])
     assert len(val) == round(0.2 * TINY)
-    assert dm._sets["test"] is dm._sets["val"]  # dev mode never touches eval
+    test = dm.split_info("test")  # dev mode never touches eval: its test split is the val split
+    assert list(test["video_id"]) == list(dm.split_info("val")["video_id"])
     assert not (cache / "eval.h5").exists()
     again = make_dm(demo_root, cache, seed=99)  # the training seed does not move the split
     again.setup("fit")
-    assert _rows(again, "val") == val
+    assert _ids(again, "val") == val
     other = make_dm(demo_root, cache, split_seed=1)
     other.setup("fit")
-    assert _rows(other, "val") != val and len(_rows(other, "val")) == len(val)
+    assert _ids(other, "val") != val and len(_ids(other, "val")) == len(val)
     frac = make_dm(demo_root, cache, val_fraction=0.1)
     frac.setup("fit")
-    assert len(_rows(frac, "val")) == 60
+    assert len(_ids(frac, "val")) == 60
 
 
-def test_final_mode_trains_on_all_and_tests_on_eval(demo_root, cache, oracle):
+def test_final_mode_trains_on_all_and_tests_on_eval(demo_root, cache, oracle, tmp_path):
     dm = make_dm(demo_root, cache, mode="final")
     dm.setup("fit")
-    assert _rows(dm, "train") == set(range(TINY)) and "val" not in dm._sets
+    assert list(dm.split_info("train")["video_id"]) == list(oracle["bal_train"]["video_id"])
     assert dm.val_dataloader() == []
     info = dm.split_info("test")
     assert list(info["video_id"]) == list(oracle["eval"]["video_id"])
     assert np.array_equal(info["labels"], oracle["eval"]["labels"])
-    only_test = make_dm(demo_root, cache, mode="final")
-    only_test.setup("test")
-    assert set(only_test._sets) == {"test"} and len(only_test._sets["test"]) == 300
+    only_test = make_dm(demo_root, tmp_path / "cache", mode="final")
+    only_test.setup("test")  # reads (and so converts) the eval split only
+    assert len(only_test.split_info("test")["video_id"]) == 300
+    assert [p.name for p in (tmp_path / "cache").glob("*.h5")] == ["eval.h5"]
 
 
 def test_batches_are_padded_and_labelled(demo_root, cache, oracle):
     dm = make_dm(demo_root, cache)
     dm.setup("fit")
-    want = oracle["bal_train"]
-    ids = dm._meta["train"]["video_id"]
+    want = oracle["bal_train"]  # the cache holds the split's clips in the oracle's order (test_convert)
     seen = []
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         for b in loader:
             assert b["features"].dtype == torch.uint8 and b["features"].shape[1:] == (10, 128)
-            rows = [oracle["bal_train_row"][ids[i]] for i in b["index"].tolist()]
+            rows = b["index"].numpy()
             np.testing.assert_array_equal(b["lengths"].numpy(), want["lengths"][rows])
             np.testing.assert_array_equal(b["features"].numpy(), want["features"][rows])
             pad = torch.arange(10)[None, :] >= b["lengths"][:, None]
@@ -90,6 +90,8 @@ def test_batches_are_padded_and_labelled(demo_root, cache, oracle):
             assert b["y"].dtype == torch.float32
             seen += b["index"].tolist()
     assert sorted(seen) == list(range(TINY))  # one pass over train and val: every clip once
+    served = np.concatenate([b["index"].numpy() for b in dm.val_dataloader()])
+    assert list(want["video_id"][served]) == list(dm.split_info("val")["video_id"])  # in split_info's order
     assert (want["lengths"] < 10).any()
 
 
@@ -133,13 +135,13 @@ def test_balanced_sampler_draws_classes_about_uniformly():
     assert first == [b.tolist() for b in s2]
 
 
-def test_datamodule_balanced_loader(demo_root, cache):
+def test_datamodule_balanced_loader(demo_root, cache, oracle):
     dm = make_dm(demo_root, cache, balanced=True, batch_size=100)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, BalancedBatchSampler)
     idx = torch.cat([b["index"] for b in loader]).numpy()
-    assert len(idx) == 480 and set(idx) <= _rows(dm, "train")
+    assert len(idx) == 480 and set(oracle["bal_train"]["video_id"][idx]) <= _ids(dm, "train")
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 100, 1001])
@@ -202,7 +204,7 @@ def test_release_layout_with_audioset_v1_embeddings_folder(tmp_path, demo_root):
     (tmp_path / "audioset_v1_embeddings" / "bal_train").symlink_to(demo_root / "bal_train")
     dm = make_dm(tmp_path, tmp_path / "c")
     dm.setup("fit")
-    assert len(dm._sets["train"]) + len(dm._sets["val"]) == TINY
+    assert len(_ids(dm, "train")) + len(_ids(dm, "val")) == TINY
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -239,8 +241,7 @@ def test_input_stats_use_real_frames_only(demo_root, cache, oracle):
     dm.setup("fit")
     mean, std = dm.input_stats()
     want = oracle["bal_train"]
-    ids = dm._meta["train"]["video_id"]
-    rows = [oracle["bal_train_row"][ids[i]] for i in dm._sets["train"].rows.tolist()]
+    rows = [oracle["bal_train_row"][v] for v in dm.split_info("train")["video_id"]]
     feats, lengths = want["features"][rows], want["lengths"][rows]
     real = feats[np.arange(10)[None, :] < lengths[:, None]] / 255.0
     np.testing.assert_allclose(mean.numpy(), real.mean(0), atol=1e-5)

@@ -71,6 +71,7 @@ def test_two_identical_members_equal_the_single_model(fc_ckpt, tmp_path):
     assert info["weights"] == [0.5, 0.5] and [x["scores"]["mAP"] for x in info["members"]] == [s["mAP"]] * 2
 
 
+@pytest.mark.slow
 def test_cli_mixes_fc_and_skiplstm_from_another_cwd(fc_ckpt, lstm_ckpt, tmp_path):
     rel = [os.path.relpath(p, tmp_path) for p in (fc_ckpt, lstm_ckpt)]
     proc = run_script("ensemble.py", f"ckpts={_list(*rel)}", "weights=[3,1]", "hydra.run.dir=out", cwd=tmp_path)

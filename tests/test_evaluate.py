@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -19,14 +21,28 @@ from conftest import compose_cfg, run_script
 
 @pytest.fixture(scope="module")
 def evaluated(trained_run, tmp_path_factory) -> Path:
-    """evaluate.py on the eval split, run from another directory with a relative ckpt path."""
+    """The eval split scored from another directory with a relative ckpt path, in this process (the
+    CLI itself: test_cli_from_another_cwd_writes_what_run_writes)."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     out = tmp_path_factory.mktemp("evaluated") / "run"
     ckpt = os.path.relpath(trained_run / "checkpoints" / "best.ckpt", elsewhere)
-    proc = run_script("evaluate.py", f"ckpt={ckpt}", f"hydra.run.dir={out}", cwd=elsewhere)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (out / "stdout.txt").write_text(proc.stdout)
+    printed = io.StringIO()
+    with contextlib.chdir(elsewhere), contextlib.redirect_stdout(printed):
+        run(compose_cfg("evaluate", [f"ckpt={ckpt}", f"paths.output_dir={out}"]))
+    (out / "stdout.txt").write_text(printed.getvalue())
     return out
+
+
+@pytest.mark.slow
+def test_cli_from_another_cwd_writes_what_run_writes(evaluated, trained_run, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ckpt = os.path.relpath(trained_run / "checkpoints" / "best.ckpt", elsewhere)
+    proc = run_script("evaluate.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli, here = _metrics(tmp_path / "run"), _metrics(evaluated)
+    assert {k: v for k, v in cli.items() if k != "seconds"} == {k: v for k, v in here.items() if k != "seconds"}
+    assert f"mAP  {cli['test/mAP']:.4f}" in proc.stdout and f"{cli['ckpt']} on split=eval" in proc.stdout
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -124,6 +140,7 @@ def test_relative_data_root_is_taken_from_the_cwd(tmp_path, monkeypatch):
     assert data_overrides(cfg)["root"] == str(tmp_path / "rel" / "data")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["ckpt=x.ckpt", "split=foo"], "split='foo': expected eval"),
     ([], "ckpt is missing"),

@@ -35,21 +35,31 @@ NET_OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="module")
-def checkpoints(trained_run, thresholded_ckpt, demo_root, tmp_path_factory) -> dict[str, Path]:
-    """One checkpoint per network: fc is the shared (thresholded) run, the others train one epoch here."""
-    from aer.train import run as train
+class _TrainedOnDemand(dict):
+    """Network name -> checkpoint; a network other than fc trains one epoch the first time it is asked for."""
 
-    out = {"fc": thresholded_ckpt}
-    for name, extra in NET_OVERRIDES.items():
-        run_dir = tmp_path_factory.mktemp(name)
-        cfg = compose_cfg("train", train_overrides(demo_root, run_dir, "trainer.max_epochs=1", *extra))
+    def __init__(self, fc: Path, demo_root: Path, tmp_path_factory):
+        super().__init__(fc=fc)
+        self.demo_root, self.tmp = demo_root, tmp_path_factory
+
+    def __missing__(self, name: str) -> Path:
+        from aer.train import run as train
+
+        run_dir = self.tmp.mktemp(name)
+        cfg = compose_cfg("train", train_overrides(self.demo_root, run_dir, "trainer.max_epochs=1",
+                                                   *NET_OVERRIDES[name]))
         with open_dict(cfg):
             cfg.callbacks.lr_monitor = None
         train(cfg)
-        out[name] = run_dir / "checkpoints" / "last.ckpt"
-    assert set(out) == set(NETS)
-    return out
+        self[name] = run_dir / "checkpoints" / "last.ckpt"
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(trained_run, thresholded_ckpt, demo_root, tmp_path_factory) -> dict[str, Path]:
+    """One checkpoint per network: fc is the shared (thresholded) run, the others train one epoch here."""
+    assert set(NET_OVERRIDES) | {"fc"} == set(NETS)
+    return _TrainedOnDemand(thresholded_ckpt, demo_root, tmp_path_factory)
 
 
 def _export(ckpt: Path, fmt: str, out: Path) -> dict:
@@ -61,7 +71,8 @@ def _export(ckpt: Path, fmt: str, out: Path) -> dict:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("net", sorted(NETS))
+# fc in the fast set; the other networks train a checkpoint first, and are slow
+@pytest.mark.parametrize("net", [n if n == "fc" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(NETS)])
 def test_exported_model_gives_pytorchs_probabilities_on_the_eval_split(checkpoints, demo_root, tmp_path, net, fmt):
     ckpt = checkpoints[net]
     path = tmp_path / f"model.{fmt}"
@@ -106,6 +117,7 @@ def test_metadata_carries_classes_scaling_and_thresholds(checkpoints, demo_root,
     assert meta["aer.model"]["model"] == "fc" and meta["aer.model"]["checkpoint"] == str(checkpoints["fc"])
 
 
+@pytest.mark.slow  # trains a skiplstm
 def test_standardisation_is_in_the_graph(checkpoints, tmp_path):
     path = tmp_path / "model.torchscript"
     _export(checkpoints["skiplstm"], "torchscript", path)
@@ -114,6 +126,7 @@ def test_standardisation_is_in_the_graph(checkpoints, tmp_path):
     assert model.hparams.normalize == "standardize" and not torch.all(model.input_std == 1)
 
 
+@pytest.mark.slow  # trains two more networks
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_check_refuses_a_file_that_is_not_the_model(checkpoints, tmp_path, fmt):
     path = tmp_path / f"model.{fmt}"
@@ -142,6 +155,7 @@ def _export_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_writes_beside_the_checkpoint_and_fails_in_one_line(checkpoints, tmp_path):
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(checkpoints["fc"], ckpt)

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_convert import read_h5
-from test_tfrecord import independent_records, wire_parse
 
 from aer.data.convert import convert, partial_path
 from aer.data.demo import generate
 from aer.data.proto import SequenceExample
 from aer.data.tfrecord import ShardError, frame
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, independent_records, read_h5, wire_parse
+
+pytestmark = pytest.mark.slow  # real shards, time-bounded; conversion workers and CLI runs
 
 SECONDS = float(os.environ.get("AER_FUZZ_SECONDS", "15"))
 SEED = int(os.environ.get("AER_FUZZ_SEED", "0"))

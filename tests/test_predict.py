@@ -131,6 +131,7 @@ def _predict_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_writes_into_a_hydra_run_dir_and_fails_clearly(ckpt, demo_root, tmp_path):
     proc = _predict_cli(f"ckpt={ckpt}", f"input={demo_root / 'eval'}", "top_k=2",
                       f"paths.log_dir={tmp_path}")

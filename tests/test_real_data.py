@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_convert import assert_same, expected_split, read_h5
 
 from aer.data.convert import convert, list_shards
 from aer.data.datamodule import AudioSetDataModule, read_class_labels
-from conftest import REAL_SKIP, ROOT, SHARED
+from conftest import REAL_SKIP, ROOT, SHARED, assert_same, expected_split, independent_records, read_h5
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED / "bal_train").is_dir(), reason=REAL_SKIP)]
 
@@ -96,8 +95,6 @@ def test_shard_order_digest_and_names(got):
 
 
 def _shard_of_each_clip(shards):
-    from test_tfrecord import independent_records
-
     for s in shards:
         for _ in independent_records(s.read_bytes()):
             yield s.stem
@@ -134,7 +131,7 @@ def test_datamodule_dev_split_on_the_real_data(h5, tmp_path):
     os.link(h5, cache / "bal_train.h5")  # the module's conversion, found fresh: nothing is written to ../shared
     dm = AudioSetDataModule(root=str(SHARED), cache_dir=str(cache), batch_size=500)
     dm.setup("fit")
-    assert len(dm._sets["train"]) == 17_728 and len(dm._sets["val"]) == 4_432
+    assert len(dm.split_info("train")["video_id"]) == 17_728 and len(dm.split_info("val")["video_id"]) == 4_432
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape == (500, 10, 128) and batch["y"].shape == (500, 527)
     names = read_class_labels(SHARED)

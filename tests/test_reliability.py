@@ -48,6 +48,7 @@ def foreign_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_demo_default_never_writes_over_real_shards(foreign_root, tmp_path):
     """The user forgot data=audioset: data=demo must refuse, and leave every shard byte-identical."""
     before = tree_digest(foreign_root)
@@ -169,6 +170,7 @@ def test_training_killed_during_conversion_reruns(big_split, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == ["bal_train.h5"]
 
 
+@pytest.mark.slow
 def test_a_held_lock_is_waited_for_naming_its_pid(demo_root, tmp_path):
     out = tmp_path / "bal_train.h5"
     holder = subprocess.Popen(
@@ -184,6 +186,7 @@ def test_a_held_lock_is_waited_for_naming_its_pid(demo_root, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bal_train.h5"]
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
     lock = tmp_path / ".x.lock"
     p = subprocess.Popen([sys.executable, "-c", "import time; from aer.utils import file_lock\n"
@@ -251,6 +254,7 @@ def test_conversion_on_a_real_full_filesystem(demo_root, tmpfs):
     assert sorted(p.name for p in tmpfs.iterdir()) == ["filler", "small.h5"]
 
 
+@pytest.mark.slow
 def test_training_into_a_full_disk_fails_in_one_line(demo_root, trained_run, tmp_path):
     # the cache exists already (trained_run made it): only the run's own outputs meet the limit
     run = tmp_path / "run"  # train_overrides make it the output dir
@@ -261,6 +265,7 @@ def test_training_into_a_full_disk_fails_in_one_line(demo_root, trained_run, tmp
     assert not list(run.rglob("*.partial"))
 
 
+@pytest.mark.slow
 def test_evaluate_into_a_full_disk_fails_in_one_line(trained_run, tmp_path):
     run = tmp_path / "eval"
     r = _run_limited([sys.executable, str(ROOT / "evaluate.py"), f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}",
@@ -270,6 +275,7 @@ def test_evaluate_into_a_full_disk_fails_in_one_line(trained_run, tmp_path):
 
 
 # ---- wrong results
+@pytest.mark.slow
 def test_a_run_that_trains_no_step_fails(demo_root, tmp_path):
     r = run_script("train.py", *train_overrides(demo_root, tmp_path, "data.batch_size=5000", "data.drop_last=true"))
     last = _one_line_error(r, "trained no step", "data.batch_size=5000")
@@ -278,6 +284,7 @@ def test_a_run_that_trains_no_step_fails(demo_root, tmp_path):
     _one_line_error(r, "trainer.limit_train_batches=0")
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_flagged_in_metrics_and_summary(demo_root, tmp_path):
     sweep = tmp_path / "sweep"
     args = [a for a in train_overrides(demo_root, tmp_path, "optim.lr=1e-3,1e6", f"hydra.sweep.dir={sweep}",
@@ -336,6 +343,7 @@ def test_a_damaged_cache_whose_shards_are_gone_is_refused(demo_root, tmp_path):
         AudioSetDataModule(root=str(data), cache_dir=str(tmp_path / "cache")).setup("fit")
 
 
+@pytest.mark.slow
 def test_resuming_onto_another_split_is_refused(demo_root, trained_run, tmp_path):
     r = run_script("train.py", *train_overrides(demo_root, tmp_path, "data.split_seed=7",
                                                 f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"))
@@ -360,6 +368,7 @@ def test_stale_checkpoint_partials_are_removed_live_ones_kept(demo_root, tmp_pat
     assert not stale.exists() and live.exists()
 
 
+@pytest.mark.slow
 def test_report_and_metrics_into_a_full_disk_fail_in_one_line(trained_run, tmp_path):
     out = tmp_path / "report"
     r = _run_limited([sys.executable, "-m", "aer.report", str(trained_run), "--out", str(out)], 10_000)
@@ -385,6 +394,7 @@ def test_divergence_rules():
     assert d.verdict({"val/mAUC": 0.9}, 2) is None
 
 
+@pytest.mark.slow
 def test_a_config_error_in_a_multirun_job_is_one_line_and_the_sweep_goes_on(demo_root, tmp_path):
     sweep = tmp_path / "sweep"
     args = [a for a in train_overrides(demo_root, tmp_path, "data.mode=weird,dev", f"hydra.sweep.dir={sweep}",

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT, train_overrides
 
+pytestmark = pytest.mark.slow  # trainings SIGKILLed and run again, each a subprocess
+
 EPOCHS = 5
 
 

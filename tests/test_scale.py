@@ -3,8 +3,10 @@ read without holding any clip twice, and bench/scale.py's replicated shards (new
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,25 +38,32 @@ def _dm(root: Path, **kw) -> AudioSetDataModule:
                               demo={"clips": TINY, "eval_clips": 300, "seed": 0}, **kw)
 
 
+def _both(dm: AudioSetDataModule) -> dict[str, np.ndarray]:
+    """bal_train's then unbal_train's cached arrays, one after the other."""
+    parts = [load_split(dm.cache_path(s)) for s in ("bal_train", "unbal_train")]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def test_train_split_all_holds_both_splits_once(unbal_root):
     dm = _dm(unbal_root, mode="final")
     dm.setup("fit")
-    assert len(dm._sets["train"]) == TINY + UNBAL
-    assert len(dm._sets["test"]) == 300
-    # the two splits, in order, read into one set of arrays: no per-split copies are kept
-    assert set(dm._arrays) == {"bal_train+unbal_train", "eval"}
-    held = dm._arrays["bal_train+unbal_train"]
-    parts = [load_split(dm.cache_path(s)) for s in ("bal_train", "unbal_train")]
-    for key in ("features", "labels", "lengths", "video_id", "start_time", "end_time"):
-        want = np.concatenate([p[key] for p in parts])
-        assert held[key].dtype == want.dtype and np.array_equal(held[key], want), key
-    assert held["features"].dtype == np.uint8 and held["labels"].dtype == bool
-    assert len(set(held["video_id"])) == TINY + UNBAL
+    assert len(dm.split_info("test")["video_id"]) == 300
+    # the two splits, in order, as one training set: every clip once
+    want = _both(dm)
+    info = dm.split_info("train")
+    assert np.array_equal(info["video_id"], want["video_id"]) and np.array_equal(info["labels"], want["labels"])
+    assert len(set(info["video_id"])) == TINY + UNBAL
+    for b in dm.train_dataloader():  # what the batches serve: the concatenated clips, by index
+        i = b["index"].numpy()
+        assert np.array_equal(b["lengths"].numpy(), want["lengths"][i])
+        np.testing.assert_array_equal(b["features"].numpy(), want["features"][i])
+        assert np.array_equal(b["y"].numpy(), want["labels"][i])
 
     dev = _dm(unbal_root, mode="dev")
     dev.setup("fit")
-    assert len(dev._sets["train"]) + len(dev._sets["val"]) == TINY + UNBAL
-    assert len(dev._sets["val"]) == round(0.2 * (TINY + UNBAL))
+    train, val = (set(dev.split_info(s)["video_id"]) for s in ("train", "val"))
+    assert not train & val and len(train | val) == TINY + UNBAL
+    assert len(val) == round(0.2 * (TINY + UNBAL))
 
 
 def test_balanced_sampling_over_both_splits(unbal_root):
@@ -62,13 +71,14 @@ def test_balanced_sampling_over_both_splits(unbal_root):
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, BalancedBatchSampler)
-    ds = dm._sets["train"]
+    info = dm.split_info("train")
     # reading the training rows' labels in chunks gives the batches a copy of labels[rows] gives
-    copy = BalancedBatchSampler(ds.labels[ds.rows].numpy(), dm.batch_size, dm.seed)
+    copy = BalancedBatchSampler(info["labels"], dm.batch_size, dm.seed)
     assert all(np.array_equal(a, b) for a, b in zip(copy, loader.sampler))
     idx = np.concatenate([b["index"].numpy() for b in loader])
-    assert len(idx) == len(ds) and set(idx) <= set(ds.rows.tolist())
-    assert (idx >= TINY).any(), "unbal_train clips are drawn"
+    drawn = set(_both(dm)["video_id"][idx])
+    assert len(idx) == len(info["video_id"]) and drawn <= set(info["video_id"])
+    assert drawn & set(load_split(dm.cache_path("unbal_train"))["video_id"]), "unbal_train clips are drawn"
 
 
 def test_train_split_all_balanced_trains(unbal_root, tmp_path):
@@ -83,15 +93,15 @@ def test_train_split_all_balanced_trains(unbal_root, tmp_path):
 
 
 def test_bench_replicas_convert_with_new_ids(demo_root, tmp_path):
-    """bench/scale.py's replicas: the same clips under new, unique ids, in valid records."""
-    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    """bench/scale.py's replicas (its `_replicate` step, run as the bench runs it): the same clips under
+    new, unique ids, in valid records."""
     out = tmp_path / "r03"
-    assert bench.cmd_replicate(str(demo_root / "bal_train"), str(out), 3)["clips"] == TINY
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "_replicate", str(demo_root / "bal_train"),
+                           str(out), "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["clips"] == TINY
     a = load_split(convert(demo_root / "bal_train", tmp_path / "a.h5").out)
     b = load_split(convert(out, tmp_path / "b.h5").out)  # convert checks every record's CRCs
     for key in ("features", "labels", "lengths", "start_time", "end_time"):
         assert np.array_equal(a[key], b[key]), key
     assert list(b["video_id"]) == [f".03{i:08d}" for i in range(TINY)]
-    assert bench.parse_size("2M") == 2_000_000 and bench.fmt_size(500_000) == "500k"

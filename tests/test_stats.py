@@ -96,6 +96,7 @@ def _population_ap(prevalence: float, shift: float) -> float:
     return float(np.trapezoid(norm.pdf(s - shift) * tp / (tp + fp), s))
 
 
+@pytest.mark.slow  # 200 bootstrap draws
 def test_90_percent_interval_covers_the_population_map_in_85_to_95_percent_of_draws():
     prevalence, shift = np.array([0.1, 0.2]), np.array([1.0, 2.0])
     population = np.mean([_population_ap(p, d) for p, d in zip(prevalence, shift)])
@@ -230,6 +231,7 @@ def seed_sweep(demo_root, tmp_path_factory) -> Path:
     return tmp / "sweep"
 
 
+@pytest.mark.slow
 def test_compare_a_seed_sweep(seed_sweep, tmp_path):
     m = [json.loads((seed_sweep / str(i) / "metrics.json").read_text()) for i in range(4)]
     assert len({x["val/mAP"] for x in m}) == 4, "another seed must give another run"
@@ -250,6 +252,7 @@ def test_compare_a_seed_sweep(seed_sweep, tmp_path):
     assert not (seed_sweep / "cmp").exists() and not list(seed_sweep.rglob("groups.md"))
 
 
+@pytest.mark.slow
 def test_compare_two_checkpoints(seed_sweep, tmp_path):
     a, b = (seed_sweep / j / "checkpoints" / "best.ckpt" for j in ("0", "2"))
     out = tmp_path / "paired"

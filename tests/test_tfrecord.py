@@ -1,8 +1,7 @@
 """TFRecord framing and record parsing, checked against an independent reader written here.
 
-The helpers at the top (`independent_records`, `wire_parse`) share no code with aer.data: they
-walk the TFRecord framing and the protobuf wire format by hand, so the other test modules use them
-as the oracle for what a shard holds (`from test_tfrecord import ...`).
+The independent reader (`independent_records`, `wire_parse`, `mask` in conftest) shares no code with
+aer.data: it walks the TFRecord framing and the protobuf wire format by hand.
 """
 
 from __future__ import annotations
@@ -18,123 +17,7 @@ from hypothesis import strategies as st
 
 from aer.data.records import Clip, RecordError, parse_clip, parse_record, serialize_clip
 from aer.data.tfrecord import ShardError, frame, iter_records, masked_crc, scan_records, write_records
-from conftest import REAL_SKIP, SHARED
-
-
-# ---------------------------------------------------------------- an independent reader
-def _mask(crc: int) -> int:
-    """TensorFlow's masking: rotate right by 15 bits and add 0xa282ead8 (crc32c.h)."""
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) % (1 << 32)
-
-
-def independent_records(data: bytes) -> list[bytes]:
-    """Every payload of a well-formed shard; AssertionError on any damage (both CRCs checked)."""
-    out, pos = [], 0
-    while pos < len(data):
-        assert len(data) - pos >= 16, "truncated"
-        header = data[pos:pos + 8]
-        length = int.from_bytes(header, "little")
-        assert int.from_bytes(data[pos + 8:pos + 12], "little") == _mask(google_crc32c.value(header)), "len crc"
-        payload = data[pos + 12:pos + 12 + length]
-        assert len(payload) == length and len(data) >= pos + 16 + length, "truncated"
-        crc = int.from_bytes(data[pos + 12 + length:pos + 16 + length], "little")
-        assert crc == _mask(google_crc32c.value(payload)), "data crc"
-        out.append(payload)
-        pos += 16 + length
-    return out
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """(field number, wire type, value) of one message: ints for varint/fixed, bytes for LEN."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            val, pos = _varint(buf, pos)
-        elif wt == 1:
-            val, pos = buf[pos:pos + 8], pos + 8
-        elif wt == 2:
-            n, pos = _varint(buf, pos)
-            val, pos = buf[pos:pos + n], pos + n
-        elif wt == 5:
-            val, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise AssertionError(f"wire type {wt}")
-        yield num, wt, val
-
-
-def _feature(buf: bytes) -> tuple[str, list]:
-    """A tf.train.Feature: its kind and values (packed or not)."""
-    kind, values = None, []
-    for num, _wt, val in _fields(buf):
-        kind, values = {1: "bytes", 2: "float", 3: "int64"}[num], []
-        for n2, wt2, v in _fields(val):
-            assert n2 == 1
-            if kind == "bytes":
-                values.append(bytes(v))
-            elif kind == "float":
-                values.extend(struct.unpack(f"<{len(v) // 4}f", v) if wt2 == 2 else struct.unpack("<f", v))
-            elif wt2 == 2:
-                p = 0
-                while p < len(v):
-                    x, p = _varint(v, p)
-                    values.append(x - (1 << 64) if x >> 63 else x)
-            else:
-                values.append(v - (1 << 64) if v >> 63 else v)
-    return kind, values
-
-
-def _map(buf: bytes) -> dict[str, bytes]:
-    out = {}
-    for num, _, entry in _fields(buf):
-        assert num == 1
-        key, value = "", b""
-        for n2, _, v in _fields(entry):
-            if n2 == 1:
-                key = bytes(v).decode()
-            elif n2 == 2:
-                value = bytes(v)
-        out[key] = value
-    return out
-
-
-def wire_parse(payload: bytes) -> dict:
-    """The AudioSet fields of one SequenceExample, read from the wire format by hand."""
-    context, lists = {}, {}
-    for num, _, val in _fields(payload):
-        if num == 1:
-            context.update(_map(val))
-        elif num == 2:
-            lists.update(_map(val))
-    out = {}
-    for key, name in (("video_id", "video_id"), ("labels", "labels"), ("start_time_seconds", "start"),
-                      ("end_time_seconds", "end")):
-        if key in context:
-            kind, values = _feature(context[key])
-            out[name] = values
-    out["video_id"] = out["video_id"][0].decode()
-    out["start"] = out["start"][0] if out.get("start") else float("nan")
-    out["end"] = out["end"][0] if out.get("end") else float("nan")
-    frames = []
-    for num, _, feat in _fields(lists.get("audio_embedding", b"")):
-        assert num == 1
-        kind, values = _feature(feat)
-        assert kind == "bytes" and len(values) == 1
-        frames.append(values[0])
-    out["frames"] = frames
-    return out
+from conftest import REAL_SKIP, SHARED, independent_records, mask, wire_parse
 
 
 # ---------------------------------------------------------------- framing
@@ -143,10 +26,10 @@ def _clip(i: int = 0, n: int = 10, labels=(1, 5)) -> Clip:
     return Clip(f"vid{i:08d}", 30.0 + i, 40.0 + i, np.array(labels), rng.integers(0, 256, (n, 128), dtype=np.uint8))
 
 
-def test_masked_crc_matches_the_published_crc32c_and_tensorflows_mask():
+def test_masked_crc_matches_the_published_crc32c_and_tensorflowsmask():
     assert google_crc32c.value(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720)
     for data in (b"", b"a", b"123456789", bytes(range(256))):
-        assert masked_crc(data) == _mask(google_crc32c.value(data))
+        assert masked_crc(data) == mask(google_crc32c.value(data))
     assert masked_crc(b"") == 0xA282EAD8  # crc32c("") = 0, masked
 
 
@@ -154,9 +37,9 @@ def test_frame_layout_is_length_crc_payload_crc():
     rec = frame(b"hello")
     assert len(rec) == 8 + 4 + 5 + 4
     assert struct.unpack("<Q", rec[:8])[0] == 5
-    assert struct.unpack("<I", rec[8:12])[0] == _mask(google_crc32c.value(rec[:8]))
+    assert struct.unpack("<I", rec[8:12])[0] == mask(google_crc32c.value(rec[:8]))
     assert rec[12:17] == b"hello"
-    assert struct.unpack("<I", rec[17:])[0] == _mask(google_crc32c.value(b"hello"))
+    assert struct.unpack("<I", rec[17:])[0] == mask(google_crc32c.value(b"hello"))
 
 
 @settings(max_examples=60, deadline=None)

@@ -6,22 +6,51 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from aer.train import run
 from conftest import CONF, compose_cfg, run_script, train_overrides
 
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "init", "data", "trainer")}
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+          for g in ("model", "init", "data", "trainer", "experiment")}
+EXPERIMENTS = GROUPS["experiment"]
+
+
+BUILDS = {"model": ("net",), "init": ("net",), "data": ("data",), "trainer": ("trainer",),
+          "experiment": ("net", "data", "trainer")}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_config_composes(group, option, tmp_path):
+def test_every_config_option_builds_what_it_names(group, option, tmp_path):
+    """What an option chooses builds: a network and an init registered under the names it gives, a
+    DataModule, a Trainer (the GPU presets built on the CPU here); an experiment all three."""
+    import hydra.utils
+    import torch
+
+    from aer.init import apply_init
+    from aer.models import build_net
+
     cfg = compose_cfg("train", [f"{group}={option}", f"paths.output_dir={tmp_path}"])
-    assert cfg[group] is not None
-    if group == "model":
-        assert cfg.model.name == option
+    if group in ("model", "init"):
+        assert cfg[group].name == option
+
+    def options(section: str) -> dict:
+        return {k: v for k, v in OmegaConf.to_container(cfg[section], resolve=True).items() if k != "name"}
+
+    for what in BUILDS[group]:
+        if what == "net":
+            net = apply_init(build_net(cfg.model.name, **options("model")), cfg.init.name, **options("init"))
+            assert net(torch.rand(2, 10, 128), torch.tensor([10, 3])).shape == (2, 527)
+        elif what == "data":
+            dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+            assert (dm.mode, dm.batch_size) == (cfg.data.mode, cfg.data.batch_size)
+        else:
+            on_cpu = {"accelerator": "cpu", "devices": 1} if cfg.trainer.accelerator == "gpu" else {}
+            trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False, **on_cpu)
+            assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
+@pytest.mark.slow  # a Trainer, data and a network per experiment (the fast set builds them)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_smoke_runs(experiment, demo_root, tmp_path):
     cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, f"experiment={experiment}",
@@ -101,6 +130,7 @@ def test_checkpoint_rebuilds_without_config(trained_run):
     assert stored["mode"] == "dev" and stored["val_fraction"] == 0.2
 
 
+@pytest.mark.slow  # two LSTM trainings
 def test_same_command_twice_gives_same_metrics(demo_root, tmp_path):
     results = []
     for name in ("a", "b"):
@@ -119,6 +149,7 @@ def test_final_mode_tests_last_epoch_on_eval(demo_root, tmp_path):
     assert (tmp_path / "checkpoints" / "final.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_multirun_as_users_type_it(demo_root, tmp_path):
     overrides = [o for o in train_overrides(demo_root, tmp_path) if not o.startswith("paths.output_dir")]
     proc = run_script("train.py", "-m", "model=fc,skiplstm", "init=xavier,kaiming", "model.hidden=16",
@@ -137,6 +168,7 @@ def test_multirun_as_users_type_it(demo_root, tmp_path):
     assert (sweep / "summary.csv").read_text().count("\n") == 5
 
 
+@pytest.mark.slow
 def test_failed_job_is_recorded_and_sweep_goes_on(demo_root, tmp_path):
     overrides = [o for o in train_overrides(demo_root, tmp_path) if not o.startswith("paths.output_dir")]
     proc = run_script("train.py", "-m", "optim.lr=0.001,-1", "trainer.max_epochs=1",
@@ -150,6 +182,7 @@ def test_failed_job_is_recorded_and_sweep_goes_on(demo_root, tmp_path):
     assert "failed" in summary and "optim.lr=-1" in summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,needle", [
     ("model=transformer", "Available options in 'model'"),
     ("init=zeros", "Available options in 'init'"),
@@ -164,6 +197,7 @@ def test_config_mistakes_fail_before_work(override, needle, demo_root, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_missing_split_folders_named(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -14,7 +14,8 @@ TRICKS = ["data.balanced=true", "augment.mixup_alpha=0.4", "augment.label_smooth
           "optim.scheduler=cosine", "optim.warmup_epochs=1", "swa.enabled=true", "swa.epoch_start=1"]
 
 
-@pytest.mark.parametrize("model", sorted(SMALL))
+# fc in the fast set; the other networks' three-epoch runs with every trick are slow
+@pytest.mark.parametrize("model", [m if m == "fc" else pytest.param(m, marks=pytest.mark.slow) for m in sorted(SMALL)])
 def test_every_trick_with_every_model(model, demo_root, tmp_path):
     result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, f"model={model}", *SMALL[model],
                                                       *TRICKS, "trainer.max_epochs=3")))

@@ -1,0 +1,113 @@
+"""aer.entry in this process: a failed task is recorded in metrics.json and reported in one line (the
+root scripts themselves run in the slow CLI tests)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
+
+from aer.entry import cli, one_line, task
+from conftest import CONF
+
+
+@pytest.fixture
+def hydra_job(tmp_path):
+    """Hydra's runtime config as @hydra.main sets it for a run in tmp_path; a function to make it a sweep's job."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["ckpt=x.ckpt", "split=val"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.mode = RunMode.RUN
+
+    def as_multirun_job(num: int) -> None:
+        job = copy.deepcopy(cfg)
+        with open_dict(job):
+            job.hydra.mode, job.hydra.job.num = RunMode.MULTIRUN, num
+        HydraConfig.instance().set_config(job)
+
+    HydraConfig.instance().set_config(copy.deepcopy(cfg))
+    yield as_multirun_job
+    HydraConfig.instance().cfg = None
+
+
+def _recorded(tmp_path) -> dict:
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+def _raise(e: BaseException):
+    def fn(cfg):
+        raise e
+    return fn
+
+
+def test_a_user_error_exits_in_one_line_and_is_recorded(hydra_job, tmp_path, capsys, caplog):
+    with pytest.raises(SystemExit) as done:
+        task(_raise(ValueError("data.mode='x': expected one of dev, final")))(None)
+    assert done.value.code == 1
+    assert capsys.readouterr().err == "error: data.mode='x': expected one of dev, final\n"
+    assert _recorded(tmp_path) == {"status": "failed", "error": "ValueError: data.mode='x': expected one of dev, final",
+                                   "overrides": ["ckpt=x.ckpt", "split=val"]}
+    assert "Traceback" not in caplog.text
+
+
+def test_an_instantiation_error_is_reported_as_its_cause(hydra_job, tmp_path, capsys):
+    wrapped = InstantiationException("Error in call to target 'aer.data.datamodule.AudioSetDataModule'")
+    wrapped.__cause__ = ValueError("data.batch_size=0: expected a positive integer")
+    with pytest.raises(SystemExit):
+        task(_raise(wrapped))(None)
+    assert capsys.readouterr().err == "error: data.batch_size=0: expected a positive integer\n"
+    assert _recorded(tmp_path)["error"] == "ValueError: data.batch_size=0: expected a positive integer"
+
+
+def test_a_bug_is_logged_with_its_traceback(hydra_job, tmp_path, capsys, caplog):
+    with caplog.at_level(logging.ERROR, logger="aer"), pytest.raises(SystemExit):
+        task(_raise(RuntimeError("boom")))(None)
+    assert "Traceback" in caplog.text and "RuntimeError: boom" in caplog.text
+    assert capsys.readouterr().err == "error: boom\n"
+
+
+def test_in_a_sweep_the_job_fails_and_the_sweep_goes_on(hydra_job, tmp_path, caplog):
+    hydra_job(3)
+    with caplog.at_level(logging.ERROR, logger="aer"):
+        assert task(_raise(FileNotFoundError("no such checkpoint")))(None) is None
+    assert "job 3 failed: no such checkpoint" in caplog.text
+    assert _recorded(tmp_path)["status"] == "failed"
+    diverged = {"status": "diverged", "diverged": "train/loss rose"}
+    with caplog.at_level(logging.ERROR, logger="aer"):
+        assert task(lambda cfg: diverged)(None) == diverged  # its metrics.json stays the run's own
+    assert "job 3 failed: the run diverged: train/loss rose" in caplog.text
+    assert task(lambda cfg: {"status": "ok"})(None) == {"status": "ok"}
+
+
+def test_one_line_folds_hydra_and_omegaconf_messages():
+    e = ConfigKeyError("Key 'colour' is not in struct\n    full_key: data.colour\n    object_type=dict")
+    assert one_line(e) == "Key 'colour' is not in struct"
+    outer = InstantiationException("Error in call to target 'X':\nfirst line\nsecond line")
+    outer.__cause__ = ValueError("the cause")
+    assert one_line(outer) == "Error in call to target 'X': first line second line (the cause)"
+    assert one_line(ValueError("")) == "ValueError"
+
+
+def test_cli_reports_what_hydra_rejects_in_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def main():
+        assert os.environ["HYDRA_FULL_ERROR"] == "1"  # so that Hydra raises instead of printing
+        OmegaConf.create({"a": 1}, flags={"struct": True}).b  # noqa: B018 — the key error is the point
+
+    with pytest.raises(SystemExit) as done:
+        cli(main)
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Key 'b' is not in struct") and err.count("\n") == 1
+    assert "HYDRA_FULL_ERROR" not in os.environ
