@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.server
 import io
@@ -18,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from aer.data import download as dl
+from aer.data import release
+from aer.data.__main__ import main as data_main
+from aer.data.extract import extract
 
 _RNG = random.Random(0)
 # Incompressible payloads, so the archive is large enough to be cut mid-transfer.
@@ -74,17 +76,17 @@ class _State:
         self.url = ""
 
     def serve(self, name: str, data: bytes) -> None:
-        self.files["/v1/" + dl.FILES[name]] = data
+        self.files["/v1/" + release.FILES[name]] = data
 
     def serve_all(self, archive: bytes = ARCHIVE_BYTES) -> None:
         for name, data in CSVS.items():
             self.serve(name, data)
-        self.serve(dl.ARCHIVE, archive)
+        self.serve(release.ARCHIVE, archive)
 
     def requests_for(self, name: str) -> list[str | None]:
         """Range headers of the requests for ``name`` (None when there was none)."""
         with self.lock:
-            return [rng for path, rng in self.requests if path == "/v1/" + dl.FILES[name]]
+            return [rng for path, rng in self.requests if path == "/v1/" + release.FILES[name]]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -165,7 +167,7 @@ def test_full_download_extracts_and_records_sha256(server, tmp_path):
 
     result = _get(server, root)
 
-    expected = {**CSVS, dl.ARCHIVE: ARCHIVE_BYTES}
+    expected = {**CSVS, release.ARCHIVE: ARCHIVE_BYTES}
     for name, data in expected.items():
         assert (root / name).read_bytes() == data
         assert result["files"][name]["status"] == "downloaded"
@@ -173,8 +175,8 @@ def test_full_download_extracts_and_records_sha256(server, tmp_path):
     for member, data in TFRECORDS.items():
         split, fname = member.split("/")[1:]
         assert (root / split / fname).read_bytes() == data
-    assert sorted(p.name for p in result["extracted"]) == sorted(dl.SPLITS)
-    assert not (root / dl.ARCHIVE_PREFIX).exists()
+    assert sorted(p.name for p in result["extracted"]) == sorted(release.SPLITS)
+    assert not (root / release.ARCHIVE_PREFIX).exists()
     assert not list(root.glob("*.part")) and not _leftovers(root)
     assert (root / "SHA256SUMS").read_text() == "".join(
         f"{_sha(data)}  {name}\n" for name, data in sorted(expected.items())
@@ -184,31 +186,31 @@ def test_full_download_extracts_and_records_sha256(server, tmp_path):
 def test_cut_transfer_is_resumed_with_range(server, tmp_path):
     server.serve_all()
     cut = len(ARCHIVE_BYTES) // 2
-    server.cut_once["/v1/" + dl.FILES[dl.ARCHIVE]] = cut
+    server.cut_once["/v1/" + release.FILES[release.ARCHIVE]] = cut
 
-    _get(server, tmp_path, files=[dl.ARCHIVE], extract=False, retries=2)
+    _get(server, tmp_path, files=[release.ARCHIVE], extract=False, retries=2)
 
-    assert (tmp_path / dl.ARCHIVE).read_bytes() == ARCHIVE_BYTES
-    assert server.requests_for(dl.ARCHIVE) == [None, f"bytes={cut}-"]
-    assert not (tmp_path / (dl.ARCHIVE + ".part")).exists()
+    assert (tmp_path / release.ARCHIVE).read_bytes() == ARCHIVE_BYTES
+    assert server.requests_for(release.ARCHIVE) == [None, f"bytes={cut}-"]
+    assert not (tmp_path / (release.ARCHIVE + ".part")).exists()
 
 
 def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path, monkeypatch, capsys):
     server.serve_all()
     cut = len(ARCHIVE_BYTES) // 3
-    server.cut_once["/v1/" + dl.FILES[dl.ARCHIVE]] = cut
+    server.cut_once["/v1/" + release.FILES[release.ARCHIVE]] = cut
 
-    with pytest.raises(dl.DownloadError, match="rerun to resume"):
-        _get(server, tmp_path, files=[dl.ARCHIVE], extract=False, retries=0)
-    part = tmp_path / (dl.ARCHIVE + ".part")
+    with pytest.raises(release.DownloadError, match="rerun to resume"):
+        _get(server, tmp_path, files=[release.ARCHIVE], extract=False, retries=0)
+    part = tmp_path / (release.ARCHIVE + ".part")
     assert part.read_bytes() == ARCHIVE_BYTES[:cut]
-    assert not (tmp_path / dl.ARCHIVE).exists()
+    assert not (tmp_path / release.ARCHIVE).exists()
 
     # With a (pretend) terminal the bar is drawn, starting from the resumed offset.
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    _get(server, tmp_path, files=[dl.ARCHIVE], extract=False, retries=0, progress=True)
-    assert (tmp_path / dl.ARCHIVE).read_bytes() == ARCHIVE_BYTES
-    assert server.requests_for(dl.ARCHIVE)[-1] == f"bytes={cut}-"
+    _get(server, tmp_path, files=[release.ARCHIVE], extract=False, retries=0, progress=True)
+    assert (tmp_path / release.ARCHIVE).read_bytes() == ARCHIVE_BYTES
+    assert server.requests_for(release.ARCHIVE)[-1] == f"bytes={cut}-"
     err = capsys.readouterr().err
     assert "resuming features.tar.gz" in err and "100%" in err
 
@@ -260,22 +262,22 @@ def test_second_call_skips_and_force_downloads_again(server, tmp_path, capsys):
 def test_deleted_archive_is_not_fetched_again_once_extracted(server, tmp_path):
     server.serve_all()
     _get(server, tmp_path, keep_archive=False)
-    assert not (tmp_path / dl.ARCHIVE).exists()
+    assert not (tmp_path / release.ARCHIVE).exists()
     assert (tmp_path / "bal_train" / "ab.tfrecord").exists()
 
     result = _get(server, tmp_path)
 
-    assert len(server.requests_for(dl.ARCHIVE)) == 1
-    assert result["files"][dl.ARCHIVE]["status"] == "skipped"
+    assert len(server.requests_for(release.ARCHIVE)) == 1
+    assert result["files"][release.ARCHIVE]["status"] == "skipped"
 
 
 def test_size_mismatch_names_file_and_both_sizes(server, tmp_path):
     server.serve_all()
     server.ignore_range = True
     data = CSVS["eval_segments.csv"]
-    server.cut_always["/v1/" + dl.FILES["eval_segments.csv"]] = 20
+    server.cut_always["/v1/" + release.FILES["eval_segments.csv"]] = 20
 
-    with pytest.raises(dl.DownloadError) as info:
+    with pytest.raises(release.DownloadError) as info:
         _get(server, tmp_path, files=["eval_segments.csv"], retries=1)
 
     message = str(info.value)
@@ -287,7 +289,7 @@ def test_size_mismatch_names_file_and_both_sizes(server, tmp_path):
 
 
 def test_http_error_is_reported_without_retrying(server, tmp_path):
-    with pytest.raises(dl.DownloadError, match=r"HTTP 404") as info:
+    with pytest.raises(release.DownloadError, match=r"HTTP 404") as info:
         _get(server, tmp_path, files=["eval_segments.csv"], retries=3)
     assert server.url + "csv/eval_segments.csv" in str(info.value)
     assert len(server.requests) == 1
@@ -309,14 +311,14 @@ def test_archive_with_parent_member_is_refused(server, tmp_path, no_extraction):
     server.serve_all(archive=_tar_gz(*GOOD_ENTRIES, _file("../evil", b"pwned")))
     root = tmp_path / "root"
 
-    with pytest.raises(dl.DownloadError, match=re.escape("'../evil'")):
+    with pytest.raises(release.DownloadError, match=re.escape("'../evil'")):
         _get(server, root)
 
     assert not (tmp_path / "evil").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
-    assert not any((root / split).exists() for split in dl.SPLITS)
-    assert not (root / dl.ARCHIVE_PREFIX).exists() and not _leftovers(root)
-    assert (root / dl.ARCHIVE).exists()  # kept for inspection
+    assert not any((root / split).exists() for split in release.SPLITS)
+    assert not (root / release.ARCHIVE_PREFIX).exists() and not _leftovers(root)
+    assert (root / release.ARCHIVE).exists()  # kept for inspection
 
 
 @pytest.mark.parametrize(
@@ -343,8 +345,8 @@ def test_unsafe_member_is_refused(tmp_path, bad, no_extraction):
     with tarfile.open(archive) as tar:
         assert entry[0].name in tar.getnames()  # tarfile wrote the hostile name unchanged
 
-    with pytest.raises(dl.DownloadError, match=re.escape(repr(entry[0].name))):
-        dl.extract(archive, root)
+    with pytest.raises(release.DownloadError, match=re.escape(repr(entry[0].name))):
+        extract(archive, root)
 
     assert list(root.iterdir()) == [] and list(out.iterdir()) == []
 
@@ -360,8 +362,8 @@ def test_symlink_escaping_through_another_symlink_is_refused(tmp_path, no_extrac
     archive = tmp_path / "chain.tar.gz"
     archive.write_bytes(_tar_gz(*entries))
     (tmp_path / "root").mkdir()
-    with pytest.raises(dl.DownloadError, match="'up'"):
-        dl.extract(archive, tmp_path / "root")
+    with pytest.raises(release.DownloadError, match="'up'"):
+        extract(archive, tmp_path / "root")
     assert list((tmp_path / "root").iterdir()) == []
 
 
@@ -371,7 +373,7 @@ def test_symlink_inside_root_is_allowed(tmp_path):
     archive.write_bytes(_tar_gz(*entries))
     root = tmp_path / "root"
 
-    dl.extract(archive, root, keep_archive=False)
+    extract(archive, root, keep_archive=False)
 
     assert (root / "eval" / "latest.tfrecord").read_bytes() == TFRECORDS["audioset_v1_embeddings/eval/cd.tfrecord"]
     assert not archive.exists()
@@ -382,26 +384,22 @@ def test_truncated_archive_leaves_nothing(tmp_path):
     archive.write_bytes(ARCHIVE_BYTES[: len(ARCHIVE_BYTES) // 2])
     root = tmp_path / "root"
     root.mkdir()
-    with pytest.raises(dl.DownloadError, match="short.tar.gz"):
-        dl.extract(archive, root)
+    with pytest.raises(release.DownloadError, match="short.tar.gz"):
+        extract(archive, root)
     assert list(root.iterdir()) == []
 
 
 def test_cli_as_subcommand(server, tmp_path, capsys):
     server.serve_all()
-    parser = argparse.ArgumentParser(prog="python -m aer.data")
-    sub = parser.add_subparsers(dest="command", required=True)
-    dl.add_arguments(sub.add_parser("download"))
-
-    args = parser.parse_args(["download", str(tmp_path), "--base-url", server.url, "--no-extract",
-                              "--retries", "1", "--no-progress"])
-    assert dl.run_from_args(args) == 0
-    assert (tmp_path / dl.ARCHIVE).read_bytes() == ARCHIVE_BYTES
+    assert data_main(["download", str(tmp_path), "--base-url", server.url, "--no-extract",
+                      "--retries", "1", "--no-progress"]) == 0
+    assert (tmp_path / release.ARCHIVE).read_bytes() == ARCHIVE_BYTES
     assert not (tmp_path / "bal_train").exists()
     assert "5 downloaded, 0 skipped" in capsys.readouterr().out
 
     server.files.clear()
-    code = dl.main([str(tmp_path / "other"), "--base-url", server.url, "--retries", "0", "--no-progress"])
+    code = data_main(["download", str(tmp_path / "other"), "--base-url", server.url, "--retries", "0",
+                      "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith("error: ") and "HTTP 404" in err[-1]
@@ -418,10 +416,10 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_part_is_kept(server, tm
     server.serve_all()
     root = tmp_path / "root"
     r = subprocess.run([sys.executable, "-m", "aer.data", "download", str(root), "--base-url", server.url,
-                        "--only", dl.ARCHIVE, "--retries", "0", "--no-progress"], cwd=ROOT, capture_output=True,
+                        "--only", release.ARCHIVE, "--retries", "0", "--no-progress"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120, preexec_fn=disk_full_after(20_000))
     assert r.returncode == 1, r.stderr
     assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "no space left" in last and f"{dl.ARCHIVE}.part" in last, last
-    assert not (root / dl.ARCHIVE).exists() and (root / f"{dl.ARCHIVE}.part").stat().st_size <= 20_000
+    assert last.startswith("error: ") and "no space left" in last and f"{release.ARCHIVE}.part" in last, last
+    assert not (root / release.ARCHIVE).exists() and (root / f"{release.ARCHIVE}.part").stat().st_size <= 20_000

@@ -1,83 +1,46 @@
-"""Fetch the AudioSet embedding release into a data root.
+"""Fetch the AudioSet embedding release into a data root, resumably (files and layout: aer.data.release).
 
-``python -m aer.data download ROOT`` (or :func:`download`) leaves::
-
-    ROOT/class_labels_indices.csv
-    ROOT/balanced_train_segments.csv, unbalanced_train_segments.csv, eval_segments.csv
-    ROOT/bal_train/*.tfrecord, ROOT/eval/*.tfrecord, ROOT/unbal_train/*.tfrecord
-    ROOT/features.tar.gz     (kept unless keep_archive=False)
-    ROOT/SHA256SUMS          (``sha256sum -c`` format, one line per downloaded file)
-
-The tarball stores the splits under ``audioset_v1_embeddings/``. Extraction drops
-that prefix so the split folders sit directly in ROOT, where the rest of ``aer``
-looks for them; any other top-level entry of the archive lands in ROOT unchanged.
+Each file is downloaded into ``NAME.part`` with HTTP range requests (a retry resumes where the
+last attempt stopped), checked for its size, renamed into place and recorded in SHA256SUMS; the
+archive is then unpacked by aer.data.extract.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
 import re
-import shutil
 import sys
-import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from tqdm import tqdm
 
-from aer.utils import atomic_write_text, disk_full, is_disk_full, remove_stale_partials
-
-# HTTPS rather than the bucket's plain-HTTP URL: Google publishes no checksums for
-# this release, so transport integrity is the only guarantee the bytes are genuine.
-DEFAULT_BASE_URL = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/"
-
-ARCHIVE = "features.tar.gz"
-ARCHIVE_PREFIX = "audioset_v1_embeddings"
-SPLITS = ("bal_train", "eval", "unbal_train")
-CHECKSUMS = "SHA256SUMS"
-
-# Local file name -> path relative to the base URL. CSVs first: they are small,
-# so a wrong base URL or a dead network shows up before the 2.4 GB transfer.
-FILES = {
-    "class_labels_indices.csv": "csv/class_labels_indices.csv",
-    "balanced_train_segments.csv": "csv/balanced_train_segments.csv",
-    "unbalanced_train_segments.csv": "csv/unbalanced_train_segments.csv",
-    "eval_segments.csv": "csv/eval_segments.csv",
-    ARCHIVE: "features/features.tar.gz",
-}
+from aer.data.extract import extract as _extract_archive  # the download() argument `extract` shadows it
+from aer.data.release import (
+    ARCHIVE,
+    CHECKSUMS,
+    DEFAULT_BASE_URL,
+    FILES,
+    SPLITS,
+    DownloadError,
+    one_line,
+    say,
+)
+from aer.utils import atomic_write_text, disk_full, is_disk_full
 
 _CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _SUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
-# Names the archive must not be allowed to replace in ROOT.
-_RESERVED = {CHECKSUMS, *FILES, *(name + ".part" for name in FILES)}
-# Errors a damaged or non-tar archive raises from tarfile / gzip.
-_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error)
-
-
-class DownloadError(Exception):
-    """A download or extraction failed; the message is one line naming the file or URL."""
 
 
 class _Transient(Exception):
     """A failure worth retrying: whatever is in the .part file is still a valid prefix."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- download
@@ -99,7 +62,7 @@ def _open(url: str, offset: int, timeout: float):
     except urllib.error.HTTPError:
         raise  # the caller decides by status code
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Transient(_one_line(getattr(exc, "reason", exc))) from exc
+        raise _Transient(one_line(getattr(exc, "reason", exc))) from exc
 
 
 def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool) -> None:
@@ -171,7 +134,7 @@ def _save_body(response, part: Path, offset: int, mode: str, total: int | None, 
             try:
                 chunk = response.read(_CHUNK)
             except (OSError, http.client.HTTPException) as exc:
-                raise _Transient(f"transfer interrupted: {_one_line(exc)}") from exc
+                raise _Transient(f"transfer interrupted: {one_line(exc)}") from exc
             if not chunk:
                 break
             try:
@@ -198,7 +161,7 @@ def _fetch(url: str, dest: Path, *, retries: int, backoff: float, timeout: float
     for attempt in range(retries + 1):
         if attempt:
             delay = backoff * 2 ** (attempt - 1)
-            _say(f"{dest.name}: {last}; retry {attempt}/{retries} in {delay:g}s")
+            say(f"{dest.name}: {last}; retry {attempt}/{retries} in {delay:g}s")
             time.sleep(delay)
         try:
             _fetch_once(url, part, timeout=timeout, progress=progress)
@@ -273,9 +236,9 @@ def download(
     extracted: list[Path] = []
     if extract and ARCHIVE in report:
         if report[ARCHIVE]["status"] == "skipped" and _is_extracted(root):
-            _say(f"skip extraction: {', '.join(SPLITS)} already in {root}")
+            say(f"skip extraction: {', '.join(SPLITS)} already in {root}")
         else:
-            _say(f"extracting {ARCHIVE} into {root}")
+            say(f"extracting {ARCHIVE} into {root}")
             extracted = _extract_archive(root / ARCHIVE, root, keep_archive=keep_archive)
     return {"root": root, "files": report, "extracted": extracted}
 
@@ -297,198 +260,13 @@ def _get(root: Path, name: str, url: str, sums: dict[str, str], *, force: bool, 
     if force:
         part.unlink(missing_ok=True)
     if not force and not part.exists() and (dest.exists() or unpacked):
-        _say(f"skip {name}: already {'downloaded' if dest.exists() else 'extracted'}")
+        say(f"skip {name}: already {'downloaded' if dest.exists() else 'extracted'}")
         if dest.exists() and name not in sums:
             sums[name] = _sha256(dest)
             _write_sums(root, sums)
         return "skipped"
-    _say(f"{'resuming' if part.exists() else 'downloading'} {name} from {url}")
+    say(f"{'resuming' if part.exists() else 'downloading'} {name} from {url}")
     _fetch(url, dest, **fetch_kw)
     sums[name] = _sha256(dest)
     _write_sums(root, sums)
     return "downloaded"
-
-
-# --------------------------------------------------------------------------- extract
-
-
-def _refuse(label: str, member: tarfile.TarInfo, reason: str) -> DownloadError:
-    return DownloadError(f"{label}: refusing to extract member {member.name!r}: {reason}")
-
-
-def _check_members(members: list[tarfile.TarInfo], label: str) -> None:
-    """Reject the whole archive if any member could land outside the extraction dir.
-
-    Judged on the member list alone, before anything is written. Paths may not be
-    absolute, contain ``..`` or run through a symlink of the archive, so the lexical
-    path is the real one; links must resolve inside by that same reasoning.
-    """
-    symlinks = {PurePosixPath(m.name).parts for m in members if m.issym()}
-
-    def through_symlink(parts: tuple[str, ...]) -> bool:
-        return any(parts[:i] in symlinks for i in range(1, len(parts)))
-
-    for member in members:
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-            raise _refuse(label, member, "only files, directories and links are allowed")
-        path = PurePosixPath(member.name)
-        if path.is_absolute():
-            raise _refuse(label, member, "absolute path")
-        if ".." in path.parts:
-            raise _refuse(label, member, "path leaves the extraction directory")
-        if not path.parts and not member.isdir():
-            raise _refuse(label, member, "empty name")
-        if through_symlink(path.parts):
-            raise _refuse(label, member, "path runs through a symlink in the archive")
-        top = path.parts[1:2] if path.parts[:1] == (ARCHIVE_PREFIX,) else path.parts[:1]
-        if top and top[0] in _RESERVED:
-            raise _refuse(label, member, f"would replace {top[0]} in the data root")
-
-        if member.issym() or member.islnk():
-            target = PurePosixPath(member.linkname)
-            if not member.linkname or target.is_absolute():
-                raise _refuse(label, member, f"link to absolute or empty path {member.linkname!r}")
-            # Symlinks are relative to their directory, hard links to the archive root.
-            resolved = list(path.parts[:-1]) if member.issym() else []
-            for component in target.parts:
-                # Stepping past (even "..") a symlink makes the lexical walk meaningless.
-                if tuple(resolved) in symlinks:
-                    raise _refuse(label, member, "link runs through a symlink in the archive")
-                if component != "..":
-                    resolved.append(component)
-                elif resolved:
-                    resolved.pop()
-                else:
-                    raise _refuse(label, member, f"link points outside: {member.linkname!r}")
-
-
-def _place(staging: Path, root: Path) -> list[Path]:
-    """Move the extracted tree from ``staging`` into ``root``, splits promoted to top level."""
-    sources: list[Path] = []
-    for entry in sorted(staging.iterdir()):
-        if entry.name == ARCHIVE_PREFIX and entry.is_dir() and not entry.is_symlink():
-            sources.extend(sorted(entry.iterdir()))
-        else:
-            sources.append(entry)
-    # Previous versions are moved aside (same filesystem, so atomic) and deleted only
-    # once every new entry is in place.
-    trash = Path(tempfile.mkdtemp(prefix=f".replaced.{os.getpid()}.", suffix=".partial", dir=root))
-    try:
-        placed = []
-        for i, src in enumerate(sources):
-            dst = root / src.name
-            if dst.is_symlink() or dst.exists():
-                os.replace(dst, trash / str(i))
-            os.replace(src, dst)
-            placed.append(dst)
-        return placed
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def extract(archive: str | os.PathLike, root: str | os.PathLike, *, keep_archive: bool = True) -> list[Path]:
-    """Safely unpack ``archive`` into ``root``; returns the top-level paths created there.
-
-    Every member is checked before anything is written (which costs one extra
-    decompression pass); an unsafe one raises :class:`DownloadError` naming it.
-    Unpacking goes to a temporary folder inside ``root`` that is moved into place
-    only on success, so a failure leaves no partial tree. The
-    ``audioset_v1_embeddings/`` prefix is dropped (see the module docstring).
-    """
-    archive, root = Path(archive), Path(root)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except _ARCHIVE_ERRORS as exc:
-        raise DownloadError(f"{archive.name}: not a readable tar archive: {_one_line(exc)}") from exc
-    with tar:
-        try:
-            members = tar.getmembers()
-        except _ARCHIVE_ERRORS as exc:
-            raise DownloadError(f"{archive.name}: damaged archive: {_one_line(exc)}") from exc
-        _check_members(members, archive.name)
-
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(root)  # the staging folders of killed extractions
-        staging = Path(tempfile.mkdtemp(prefix=f".extract.{os.getpid()}.", suffix=".partial", dir=root))
-        try:
-            # tarfile's own "data" filter (3.11.4+) is a second, independent guard that
-            # checks real paths on disk as it goes.
-            guard = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            try:
-                tar.extractall(staging, members=members, **guard)
-            except _ARCHIVE_ERRORS as exc:
-                raise DownloadError(f"{archive.name}: extraction failed: {_one_line(exc)}") from exc
-            except OSError as exc:
-                raise (disk_full(staging, exc) if is_disk_full(exc) else exc) from None
-            placed = _place(staging, root)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    if not keep_archive:
-        archive.unlink()
-    return placed
-
-
-# The download() parameter named ``extract`` shadows the function inside it.
-_extract_archive = extract
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``download`` subcommand's arguments to ``parser``."""
-    parser.add_argument("root", type=Path, metavar="ROOT", help="data root to fill")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
-                        help="where the csv/ and features/ folders live (default: %(default)s)")
-    parser.add_argument("--no-extract", dest="extract", action="store_false",
-                        help=f"download only, leave {ARCHIVE} packed")
-    parser.add_argument("--retries", type=_non_negative_int, default=3, metavar="N",
-                        help="retries per file after a network error, resuming each time (default: %(default)s)")
-    parser.add_argument("--only", dest="files", action="append", choices=list(FILES), metavar="NAME",
-                        help=f"fetch only this file (repeatable); one of: {', '.join(FILES)}")
-    parser.add_argument("--force", action="store_true", help="download again even if present")
-    parser.add_argument("--delete-archive", dest="keep_archive", action="store_false",
-                        help=f"remove {ARCHIVE} after a successful extraction")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run a parsed ``download`` command; returns the exit code, errors as one line on stderr."""
-    try:
-        result = download(
-            args.root,
-            base_url=args.base_url,
-            files=args.files,
-            extract=args.extract,
-            retries=args.retries,
-            progress=args.progress,
-            force=args.force,
-            keep_archive=args.keep_archive,
-        )
-    except (DownloadError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    statuses = [entry["status"] for entry in result["files"].values()]
-    print(f"{result['root']}: {statuses.count('downloaded')} downloaded, {statuses.count('skipped')} skipped")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aer.data download",
-                                     description="Fetch the AudioSet embeddings and CSVs.")
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
