@@ -219,8 +219,7 @@ def _check_config(cfg: DictConfig) -> Path:
 
 
 def _class_names(cfg: DictConfig, ckpt: dict, n: int) -> list[tuple[str, str]]:
-    from aer.data.datamodule import read_class_labels
-    from aer.predict import read_labels
+    from aer.data.labels import read_class_labels, read_labels
 
     if cfg.get("labels"):
         return read_labels(to_absolute_path(str(cfg.labels)), n)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import aer.config  # noqa: F401 — registers the resolvers the config uses
 from aer.data.convert import ON_BAD, list_shards, load_split, read_shard
+from aer.data.labels import LABELS_FILE, read_class_labels, read_labels
 from aer.entry import cli, task
 from aer.paths import CONFIGS
 from aer.utils import atomic_open
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 H5_SUFFIXES = (".h5", ".hdf5")
-LABELS_FILE = "class_labels_indices.csv"
-LABEL_COLUMNS = ("index", "mid", "display_name")
 CSV_COLUMNS = ("video_id", "rank", "index", "mid", "name", "prob")
 LABELS_COLUMNS = ("video_id", "index", "mid", "name", "prob", "threshold")
 INPUT_KINDS = "a folder of .tfrecord shards, a .tfrecord file, or an .h5 from `python -m aer.data convert`"
@@ -102,33 +101,6 @@ def labels_candidates(data_root: str | None, input_path: str | os.PathLike) -> l
     return list(dict.fromkeys(d / LABELS_FILE for d in dirs))
 
 
-def read_labels(path: str | os.PathLike, num_classes: int) -> list[tuple[str, str]]:
-    """(mid, display_name) per class index from a class_labels_indices.csv; every class must be named."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"labels={path}: no such file (expected a {LABELS_FILE} with columns "
-                                f"{', '.join(LABEL_COLUMNS)})")
-    names: list[tuple[str, str] | None] = [None] * num_classes
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"labels={path}: no column {', '.join(missing)} (header {reader.fieldnames}; "
-                             f"expected {', '.join(LABEL_COLUMNS)})")
-        for line, row in enumerate(reader, start=2):
-            try:
-                i = int(row["index"])
-            except (TypeError, ValueError):
-                raise ValueError(f"labels={path}, line {line}: index={row['index']!r} is not an integer") from None
-            if 0 <= i < num_classes:
-                names[i] = (row["mid"], row["display_name"])
-    unnamed = [i for i, n in enumerate(names) if n is None]
-    if unnamed:
-        log.warning("labels=%s names %d of the model's %d classes; the others (first: %d) are named by index",
-                    path, num_classes - len(unnamed), num_classes, unnamed[0])
-    return [n if n is not None else ("", f"class {i}") for i, n in enumerate(names)]
-
-
 def class_names(labels: str | None, data_root: str | None, input_path: str | os.PathLike,
                 num_classes: int) -> tuple[list[tuple[str, str]], Path | None]:
     """Class names from `labels=`, else from the first labels file found beside the data; and its path."""
@@ -140,8 +112,6 @@ def class_names(labels: str | None, data_root: str | None, input_path: str | os.
             return read_labels(cand, num_classes), cand
     log.warning("no %s in %s: pass labels=PATH to name the classes", LABELS_FILE,
                 ", ".join(str(c.parent) for c in cands))
-    from aer.data.datamodule import read_class_labels
-
     # warns once more and names every class by its index
     return read_class_labels(cands[0].parent if cands else Path("."), num_classes), None
 

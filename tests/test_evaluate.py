@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from aer.data.datamodule import read_class_labels
+from aer.data.labels import read_class_labels
 from aer.evaluate import PER_CLASS_COLUMNS, run
 from conftest import compose_cfg, run_script
 

@@ -15,7 +15,7 @@ import torch
 from omegaconf import open_dict
 
 from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, load_tagger, stored_thresholds
-from aer.data.datamodule import read_class_labels
+from aer.data.labels import read_class_labels
 from aer.export import CHECK_ATOL, check, load_runner, read_metadata, release_model, run
 from aer.inference import predict_split
 from aer.models import NETS, build_net

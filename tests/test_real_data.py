@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from aer.data.convert import convert, list_shards
-from aer.data.datamodule import AudioSetDataModule, read_class_labels
+from aer.data.datamodule import AudioSetDataModule
+from aer.data.labels import read_class_labels
 from conftest import REAL_SKIP, ROOT, SHARED, assert_same, expected_split, independent_records, read_h5
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED / "bal_train").is_dir(), reason=REAL_SKIP)]

@@ -307,7 +307,7 @@ def test_bad_ontology_is_named(tmp_path, content, needle):
 
 def test_evaluate_reports_intervals_training_positives_and_categories(trained_run, demo_root, tmp_path):
     from aer.data.convert import load_split
-    from aer.data.datamodule import read_class_labels
+    from aer.data.labels import read_class_labels
     from aer.evaluate import run
 
     root = tmp_path / "data"  # the demo data with an ontology beside it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from aer.data.convert import DATASETS, CacheError, convert, load_splits
 from aer.data.demo import ensure_demo, is_demo
-from aer.data.records import NUM_CLASSES
+from aer.data.labels import read_class_labels
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
 from aer.paths import aer_home
 from aer.settings import DataSettings
@@ -260,18 +259,3 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     def class_names(self) -> list[tuple[str, str]]:
         return read_class_labels(self.root, self.num_classes)
-
-
-def read_class_labels(root: Path, num_classes: int = NUM_CLASSES) -> list[tuple[str, str]]:
-    """(mid, display_name) per class index from `class_labels_indices.csv`, or placeholders if absent."""
-    path = Path(root) / "class_labels_indices.csv"
-    names = [("", f"class {i}") for i in range(num_classes)]
-    if not path.exists():
-        log.warning("%s not found: classes are reported by index", path)
-        return names
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            i = int(row["index"])
-            if 0 <= i < num_classes:
-                names[i] = (row["mid"], row["display_name"])
-    return names
