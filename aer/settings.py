@@ -169,7 +169,9 @@ class DefaultInit(Section):
 
 
 @dataclass
-class XavierInit(Section):
+class GainInit(Section):
+    """Xavier (Glorot) uniform and orthogonal: a gain on the scheme's own scale."""
+
     KEY: ClassVar[str] = "init"
     gain: NonNegative = 1.0
 
@@ -179,12 +181,6 @@ class KaimingInit(Section):
     KEY: ClassVar[str] = "init"
     nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid"] = "relu"
     a: NonNegative = 0.0
-
-
-@dataclass
-class OrthogonalInit(Section):
-    KEY: ClassVar[str] = "init"
-    gain: NonNegative = 1.0
 
 
 @dataclass
@@ -201,7 +197,7 @@ class UniformInit(Section):
 
 INITS: dict[str, type[Section]] = {
     "default": DefaultInit, "kaiming": KaimingInit, "normal": NormalInit,
-    "orthogonal": OrthogonalInit, "uniform": UniformInit, "xavier": XavierInit,
+    "orthogonal": GainInit, "uniform": UniformInit, "xavier": GainInit,
 }
 
 
