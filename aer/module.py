@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from aer.data.records import EMBED_DIM, MAX_FRAMES
+from aer.data.records import EMBED_DIM, FEATURE_SCALE, MAX_FRAMES
 from aer.init import apply_init
 from aer.metrics import TaggingMetrics
 from aer.models import build_net
@@ -70,7 +70,7 @@ class Tagger(pl.LightningModule):
     def scale(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """uint8 features (0-255) as floats on the [0, 1] scale the networks are trained on; frames at
         and past a clip's length are zero (as the data pads them), whatever the input holds there."""
-        return features.float().div(255.0) * frame_mask(lengths, features.shape[1]).unsqueeze(-1)
+        return features.float().div(FEATURE_SCALE) * frame_mask(lengths, features.shape[1]).unsqueeze(-1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits of scaled clips `x` (B, T, D) on [0, 1] (padding zero), standardised here if asked."""

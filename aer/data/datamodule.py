@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from aer.data.convert import DATASETS, CacheError, convert, load_splits
 from aer.data.demo import ensure_demo, is_demo
 from aer.data.labels import read_class_labels
+from aer.data.records import FEATURE_SCALE
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
 from aer.paths import aer_home
 from aer.settings import DataSettings
@@ -247,7 +248,7 @@ class AudioSetDataModule(pl.LightningDataModule):
         rows = ds.rows.numpy()
         for i in range(0, len(rows), 8192):
             r = rows[i:i + 8192]
-            x = feats[r].astype(np.float64) / 255.0
+            x = feats[r].astype(np.float64) / FEATURE_SCALE  # on the scale the Tagger feeds its network
             mask = np.arange(x.shape[1])[None, :] < lengths[r][:, None]
             real = x[mask]
             total += real.sum(0)

@@ -13,6 +13,8 @@ from aer.data.proto import SequenceExample
 NUM_CLASSES = 527
 MAX_FRAMES = 10
 EMBED_DIM = 128
+# The release quantises each embedding value to a uint8; x / FEATURE_SCALE is the [0, 1] scale models see.
+FEATURE_SCALE = 255.0
 
 
 class RecordError(ValueError):
