@@ -78,6 +78,9 @@ class DataSettings(Section):
     drop_last: bool = False                         # drop each epoch's last, smaller training batch
     num_workers: Annotated[int, Range(0)] = 0
     pin_memory: bool = False
+    # the split's uint8 arrays copied once to the training device and batches gathered there (no loader
+    # workers, no per-batch host-to-device copy); null: when that device is not the CPU
+    device_resident: bool | None = None
     convert_workers: Positive = 2                   # processes converting shards into the HDF5 cache
     on_bad_record: OnBadRecord = "error"
     num_classes: Positive = NUM_CLASSES

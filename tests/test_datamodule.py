@@ -248,3 +248,34 @@ def test_input_stats_use_real_frames_only(demo_root, cache, oracle):
     np.testing.assert_allclose(std.numpy(), real.std(0), atol=1e-4)
     counts = Counter(lengths.tolist())
     assert counts[10] < len(lengths)
+
+
+def _fit_one_epoch(dm: AudioSetDataModule):
+    import pytorch_lightning as pl
+
+    from aer.module import Tagger
+
+    pl.seed_everything(3, verbose=False)
+    model = Tagger(model="fc", init="xavier", model_kwargs={"hidden": [32]})
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         use_distributed_sampler=False)
+    trainer.fit(model, datamodule=dm)
+    return model.state_dict(), trainer
+
+
+def test_device_resident_batches_train_as_the_host_path(demo_root, cache):
+    # data.device_resident (the GPU path: arrays on the device once, batches gathered there), run on the
+    # CPU: the same optimizer steps on the same batches as loader-served batches
+    host, _ = _fit_one_epoch(make_dm(demo_root, cache, device_resident=False, num_workers=1))
+    resident_dm = make_dm(demo_root, cache, device_resident=True, num_workers=1)
+    resident, trainer = _fit_one_epoch(resident_dm)
+    assert resident_dm.serving_device() == torch.device("cpu")
+    loader = resident_dm.train_dataloader()
+    assert loader.num_workers == 0 and loader.dataset.features.device == trainer.strategy.root_device
+    assert set(host) == set(resident)
+    for k in host:
+        assert torch.equal(host[k], resident[k]), k
+    # train and validation share one copy of the arrays they share
+    assert resident_dm.val_dataloader().dataset.features is loader.dataset.features
+    assert make_dm(demo_root, cache).serving_device() is None  # default on a CPU: served by the loader

@@ -35,8 +35,21 @@ class ClipBatches(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def to(self, device: torch.device, tensors: dict) -> ClipBatches:
+        """The same clips served from `device` (`tensors`: the device copies made so far, by the memory they
+        copy, so that splits sharing arrays, as the dev split's train and val do, share one copy)."""
+        def moved(t: torch.Tensor) -> torch.Tensor:
+            key = (t.data_ptr(), t.dtype, tuple(t.shape))
+            if key not in tensors:
+                tensors[key] = t.to(device)
+            return tensors[key]
+
+        out = ClipBatches(moved(self.features), moved(self.lengths), moved(self.labels), np.zeros(0))
+        out.rows = self.rows.to(device)
+        return out
+
     def __getitem__(self, batch) -> dict[str, torch.Tensor]:
-        idx = self.rows[torch.as_tensor(batch, dtype=torch.int64)]
+        idx = self.rows[torch.as_tensor(batch, dtype=torch.int64).to(self.rows.device)]
         return {
             "features": self.features.index_select(0, idx),
             "lengths": self.lengths.index_select(0, idx),
@@ -101,6 +114,7 @@ class AudioSetDataModule(pl.LightningDataModule):
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self._sets: dict[str, ClipBatches] = {}
         self._meta: dict[str, dict[str, np.ndarray]] = {}
+        self._device_tensors: dict[tuple, torch.Tensor] = {}  # device copies of the arrays (device_resident)
 
     # ---- where things are
     @property
@@ -199,7 +213,18 @@ class AudioSetDataModule(pl.LightningDataModule):
             sampler.set_distributed(trainer.global_rank, trainer.world_size)
         return sampler
 
+    def serving_device(self) -> torch.device | None:
+        """The device batches are gathered on when the arrays live there (data.device_resident), else None."""
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        resident = self.settings.device_resident
+        return device if (device.type != "cpu" if resident is None else resident) else None
+
     def _loader(self, ds: ClipBatches, sampler) -> DataLoader:
+        device = self.serving_device()
+        if device is not None:  # the uint8 arrays copied to the device once; each batch is a gather there
+            return DataLoader(ds.to(device, self._device_tensors), sampler=self._distributed(sampler),
+                              batch_size=None, num_workers=0, pin_memory=False)
         return DataLoader(ds, sampler=self._distributed(sampler), batch_size=None, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
