@@ -81,7 +81,7 @@ class DataSettings(Section):
     # the split's uint8 arrays copied once to the training device and batches gathered there (no loader
     # workers, no per-batch host-to-device copy); null: when that device is not the CPU
     device_resident: bool | None = None
-    convert_workers: Positive = 2                   # processes converting shards into the HDF5 cache
+    convert_workers: Positive = 1                   # processes converting shards into the HDF5 cache
     on_bad_record: OnBadRecord = "error"
     num_classes: Positive = NUM_CLASSES
     demo: DemoSettings | None = None

@@ -407,3 +407,24 @@ def test_a_config_error_in_a_multirun_job_is_one_line_and_the_sweep_goes_on(demo
     bad, ok = (json.loads((sweep / str(i) / "metrics.json").read_text()) for i in (0, 1))
     assert bad["status"] == "failed" and bad["error"] == "ValueError: data.mode='weird': expected one of dev, final"
     assert ok["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_failed_conversion_stops_its_workers_whatever_sigterm_handler_they_inherit(demo_root, tmp_path):
+    # Pool.terminate() stops workers with SIGTERM; a Python handler inherited from the parent (Lightning
+    # installs one in a training process) must not keep them waiting on their task pipe for ever.
+    src = tmp_path / "bal_train"
+    shutil.copytree(demo_root / "bal_train", src)
+    last = sorted(src.glob("*.tfrecord"))[-1]
+    last.write_bytes(last.read_bytes()[:-5])  # its last record cut short: the worker reading it fails
+    code = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGTERM, lambda *a: None)\n"
+        "from aer.data.convert import convert\n"
+        "from aer.data.tfrecord import ShardError\n"
+        f"try:\n    convert({str(src)!r}, {str(tmp_path / 'out.h5')!r}, workers=2)\n"
+        "except ShardError as e:\n    print('named:', e)\n    sys.exit(3)\n")
+    # the timeout guards against the hang, it measures nothing
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert last.name in proc.stdout and not (tmp_path / "out.h5").exists()

@@ -299,6 +299,9 @@ def _worker_init(parent: int) -> None:
     for ever. Ctrl-C reaches the whole process group: the parent handles it, the workers ignore it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Pool.terminate() stops workers with SIGTERM: a handler inherited from the parent (Lightning installs
+    # one) would only set a flag while the worker waits on its task pipe, and terminate() would wait for ever.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
