@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import aer.config  # noqa: F401 — registers the config resolvers
+import aer.config  # noqa: F401 — registers the config schema and resolvers
 from aer.ensemble import run
 from aer.entry import cli, task
 

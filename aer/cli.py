@@ -12,7 +12,7 @@ from collections.abc import Callable
 import hydra
 from omegaconf import DictConfig
 
-import aer.paths  # noqa: F401 — registers the path resolvers the configs use
+import aer.config  # noqa: F401 — registers the config schema (ConfigStore) and resolvers the configs use
 from aer.entry import cli, task
 from aer.paths import CONFIGS
 

@@ -28,7 +28,7 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-import aer.config  # noqa: F401 — registers the resolvers the config uses
+import aer.config  # noqa: F401 — registers the config schema and resolvers
 from aer.entry import task
 from aer.paths import CONFIGS
 from aer.utils import atomic_path

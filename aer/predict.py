@@ -25,7 +25,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-import aer.config  # noqa: F401 — registers the resolvers the config uses
+import aer.config  # noqa: F401 — registers the config schema and resolvers
 from aer.data.convert import ON_BAD, list_shards, load_split, read_shard
 from aer.data.labels import LABELS_FILE, read_class_labels, read_labels
 from aer.entry import cli, task

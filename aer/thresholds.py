@@ -17,7 +17,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-import aer.config  # noqa: F401 — registers the resolvers the config uses
+import aer.config  # noqa: F401 — registers the config schema and resolvers
 from aer.entry import task
 from aer.evaluate import data_overrides
 from aer.paths import CONFIGS
