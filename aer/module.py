@@ -41,11 +41,11 @@ class Tagger(pl.LightningModule):
         super().__init__()
         check(DataSettings, {"normalize": normalize}, "data")
         # Stored complete (defaults filled in), so a checkpoint says everything it was trained with.
-        optim = OptimSettings.build(optim).as_dict()
-        augment = AugmentSettings.build(augment).as_dict()
+        self.optim, self.augment = OptimSettings.build(optim), AugmentSettings.build(augment)
         self.save_hyperparameters(
             {"model": model, "model_kwargs": dict(model_kwargs or {}), "init": init,
-             "init_kwargs": dict(init_kwargs or {}), "normalize": normalize, "optim": optim, "augment": augment,
+             "init_kwargs": dict(init_kwargs or {}), "normalize": normalize, "optim": self.optim.as_dict(),
+             "augment": self.augment.as_dict(),
              "num_classes": num_classes, "max_frames": max_frames, "in_dim": in_dim}, logger=False)
         try:
             self.net = build_net(model, num_classes=num_classes, in_dim=in_dim, max_frames=max_frames,
@@ -53,7 +53,6 @@ class Tagger(pl.LightningModule):
         except (TypeError, RuntimeError) as e:  # a model.* value the network cannot take
             raise ValueError(f"model={model} {model_kwargs or {}}: cannot build the network: {error_line(e)}") from None
         apply_init(self.net, init, **(init_kwargs or {}))
-        self.optim, self.augment = OptimSettings(**optim), AugmentSettings(**augment)
         # Standardisation statistics live in the checkpoint, so a loaded model needs no dataset.
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))

@@ -107,10 +107,14 @@ class DataSettings(Section):
 
 # ---- model=NAME: the networks of aer.models take these (and num_classes, in_dim, max_frames)
 @dataclass
-class FCSettings(Section):
+class ModelSection(Section):
+    KEY: ClassVar[str] = "model"
+
+
+@dataclass
+class FCSettings(ModelSection):
     """The report's base model: the flattened 10x128 clip -> hidden layers -> 527."""
 
-    KEY: ClassVar[str] = "model"
     hidden: Any = field(default_factory=lambda: [500])   # sizes of the hidden layers (an int: one layer)
     dropout: Fraction = 0.0
     activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
@@ -118,10 +122,9 @@ class FCSettings(Section):
 
 
 @dataclass
-class SkipLSTMSettings(Section):
+class SkipLSTMSettings(ModelSection):
     """The report's stacked bidirectional LSTM with skip connections, then a fully connected classifier."""
 
-    KEY: ClassVar[str] = "model"
     layers: Positive = 2
     hidden: Positive = 128          # per direction
     skip: bool = True               # each layer's input concatenated with its output
@@ -133,10 +136,9 @@ class SkipLSTMSettings(Section):
 
 
 @dataclass
-class AttentionSettings(Section):
+class AttentionSettings(ModelSection):
     """Decision-level attention (Kong et al. 2018): frame-wise MLP, attention-weighted class probabilities."""
 
-    KEY: ClassVar[str] = "model"
     hidden: Positive = 512
     layers: Annotated[int, Range(0)] = 3
     dropout: Fraction = 0.4
@@ -145,10 +147,9 @@ class AttentionSettings(Section):
 
 
 @dataclass
-class MultiAttentionSettings(Section):
+class MultiAttentionSettings(ModelSection):
     """Multi-level attention (Yu et al. 2018)."""
 
-    KEY: ClassVar[str] = "model"
     hidden: Positive = 512
     levels: Positive = 2
     dropout: Fraction = 0.4
@@ -165,36 +166,35 @@ MODELS: dict[str, type[Section]] = {
 
 # ---- init=NAME: the schemes of aer.init take these
 @dataclass
-class DefaultInit(Section):
-    """PyTorch's own initialisation, untouched."""
-
+class InitSection(Section):
     KEY: ClassVar[str] = "init"
 
 
 @dataclass
-class GainInit(Section):
+class DefaultInit(InitSection):
+    """PyTorch's own initialisation, untouched."""
+
+
+@dataclass
+class GainInit(InitSection):
     """Xavier (Glorot) uniform and orthogonal: a gain on the scheme's own scale."""
 
-    KEY: ClassVar[str] = "init"
     gain: NonNegative = 1.0
 
 
 @dataclass
-class KaimingInit(Section):
-    KEY: ClassVar[str] = "init"
+class KaimingInit(InitSection):
     nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid"] = "relu"
     a: NonNegative = 0.0
 
 
 @dataclass
-class NormalInit(Section):
-    KEY: ClassVar[str] = "init"
+class NormalInit(InitSection):
     std: NonNegative = 0.01
 
 
 @dataclass
-class UniformInit(Section):
-    KEY: ClassVar[str] = "init"
+class UniformInit(InitSection):
     a: NonNegative = 0.05
 
 
