@@ -57,6 +57,7 @@ class Tagger(pl.LightningModule):
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
         self._loss_sum, self._loss_count = torch.zeros(()), 0  # the training epoch's running loss
+        self._logged_in_block = False
         self.val_metrics = TaggingMetrics()
         self.test_metrics = TaggingMetrics()
 
@@ -82,7 +83,64 @@ class Tagger(pl.LightningModule):
         return torch.sigmoid(self(self.scale(features, lengths), lengths))
 
     # ---- training
+    @property
+    def automatic_optimization(self) -> bool:
+        """Lightning's automatic optimization, unless the training data serves blocks of several batches
+        (data.steps_per_fetch > 1): then training_step takes their optimizer steps itself."""
+        return self.steps_per_fetch == 1
+
+    @property
+    def steps_per_fetch(self) -> int:
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return int(getattr(dm, "steps_per_fetch", 1))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        sizes = batch.get("steps")
+        if self.automatic_optimization:
+            if sizes is not None and len(sizes) > 1:
+                raise ValueError(f"the training batch is a block of {len(sizes)} batches, which only an "
+                                 f"AudioSetDataModule with data.steps_per_fetch > 1 passed to trainer.fit serves")
+            return self._loss(batch, log_to="lightning")
+        return self._train_block(batch, batch_idx, sizes or [len(batch["y"])])
+
+    def _train_block(self, batch: dict, batch_idx: int, sizes: list[int]) -> torch.Tensor:
+        """The optimizer steps of a block's batches, one after another, as automatic optimization takes them:
+        zero_grad, backward, step, then the step-interval schedulers; the epoch-interval ones after the
+        epoch's last block. Lightning's hooks (on_before_backward, on_before_optimizer_step, ...) run for each."""
+        opt = self.optimizers()
+        parts = [dict(zip(batch, values)) for values in zip(*(
+            torch.split(v, sizes) if isinstance(v, torch.Tensor) else [v] * len(sizes) for v in batch.values()))]
+        skip_backward = self.trainer.fit_loop._skip_backward  # SWA's BatchNorm epoch: forward passes only
+        losses = []
+        for part in parts:
+            loss = self._loss(part, log_to="loggers")
+            if not skip_backward:
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+                self._step_schedulers("step")
+            losses.append(loss.detach())
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self._step_schedulers("epoch")
+        # Lightning counts one batch a fetch; its logger step (what epoch-end metrics are logged at) is kept
+        # at the optimizer steps taken, as with one batch a fetch (it adds the block's last one itself).
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(parts) - 1
+        mean = (torch.stack(losses) * torch.tensor(sizes, device=losses[0].device)).sum() / sum(sizes)
+        if self._logged_in_block:
+            self.log("train/loss_step", losses[-1], on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                     batch_size=sizes[-1])
+            self._logged_in_block = False
+        return mean
+
+    def _step_schedulers(self, interval: str) -> None:
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval and (self.global_step if interval == "step" else
+                                                self.current_epoch + 1) % config.frequency == 0:
+                config.scheduler.step()
+
+    def _loss(self, batch: dict, log_to: str) -> torch.Tensor:
+        """The training loss of one batch (augmented as asked); at the logger's steps it is logged."""
         lengths, y = batch["lengths"], batch["y"]
         x = self.scale(batch["features"], lengths)
         aug = self.augment
@@ -108,8 +166,13 @@ class Tagger(pl.LightningModule):
                 f"or check the input data")
         self._loss_sum += loss.detach() * len(x)
         self._loss_count += len(x)
-        if logging_step:
+        if logging_step and log_to == "lightning":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
+        elif logging_step and every > 0:  # inside a block: at this very step, as Lightning would log it
+            for logger in self.loggers:  # with the epoch, as Lightning writes every step's metrics
+                logger.log_metrics({"train/loss_step": float(loss.detach()), "epoch": float(self.current_epoch)},
+                                   step=self.global_step)
+            self._logged_in_block = True
         return loss
 
     @property
@@ -132,7 +195,7 @@ class Tagger(pl.LightningModule):
             return opt
         if hp.scheduler == "step":
             return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, hp.step_size, hp.gamma)}
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = max(1, self._optimizer_steps())
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warm = int(hp.warmup_epochs * steps_per_epoch)
 
@@ -146,6 +209,15 @@ class Tagger(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _optimizer_steps(self) -> int:
+        """The optimizer steps the whole fit will take (Lightning's estimate counts fetches, not blocks' steps)."""
+        fetches = int(self.trainer.estimated_stepping_batches)  # this also sets up the training loader
+        if self.automatic_optimization:
+            return fetches
+        per_epoch = self.trainer.train_dataloader.sampler.steps_in(self.trainer.num_training_batches)
+        total = per_epoch * max(1, self.trainer.max_epochs or 1)
+        return min(total, self.trainer.max_steps) if self.trainer.max_steps > 0 else total
 
     # ---- evaluation
     def _eval_step(self, batch: dict, metrics: TaggingMetrics, prefix: str) -> None:

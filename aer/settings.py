@@ -81,6 +81,13 @@ class DataSettings(Section):
     # the split's uint8 arrays copied once to the training device and batches gathered there (no loader
     # workers, no per-batch host-to-device copy); null: when that device is not the CPU
     device_resident: bool | None = None
+    # optimizer steps per loader fetch: the training loader serves blocks of this many batches and the
+    # Tagger takes one optimizer step per batch inside one Lightning step (manual optimization), so
+    # Lightning's per-step cost (hooks, logging, progress bar) is paid once a block. The same steps on the
+    # same batches as 1, which keeps Lightning's automatic optimization (needed for trainer.gradient_clip_val
+    # and trainer.accumulate_grad_batches); trainer.limit_train_batches, val_check_interval and the progress
+    # bar then count blocks.
+    steps_per_fetch: Positive = 8
     convert_workers: Positive = 1                   # processes converting shards into the HDF5 cache
     on_bad_record: OnBadRecord = "error"
     num_classes: Positive = NUM_CLASSES

@@ -97,7 +97,7 @@ def test_batches_are_padded_and_labelled(demo_root, cache, oracle):
 
 def test_batch_order_depends_only_on_seed_and_epoch(demo_root, cache):
     def order(seed, epoch):
-        dm = make_dm(demo_root, cache, seed=seed)
+        dm = make_dm(demo_root, cache, seed=seed, steps_per_fetch=1)
         dm.setup("fit")
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)
@@ -109,6 +109,28 @@ def test_batch_order_depends_only_on_seed_and_epoch(demo_root, cache):
     assert a != order(1, 0)
     assert sorted(sum(a, [])) == sorted(sum(order(0, 1), []))  # a permutation of the same clips
     assert [len(b) for b in a] == [64] * (480 // 64) + [480 % 64]
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_blocks_serve_the_same_batches_in_the_same_order(demo_root, cache, balanced):
+    def batches(steps, epoch):
+        dm = make_dm(demo_root, cache, seed=3, steps_per_fetch=steps, balanced=balanced)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        out = []
+        for b in loader:
+            sizes = b.get("steps", [len(b["y"])])
+            assert len(sizes) <= steps and sum(sizes) == len(b["y"]) == len(b["features"])
+            out += [part.tolist() for part in torch.split(b["index"], sizes)]
+        return out, len(loader)
+
+    one, n_one = batches(1, 2)
+    for steps in (3, 8, 100):
+        blocks, n_blocks = batches(steps, 2)
+        assert blocks == one
+        assert n_blocks == -(-n_one // steps)
+    assert batches(3, 2)[0] != batches(3, 1)[0]  # the epoch reaches the inner sampler
 
 
 def test_balanced_sampler_draws_classes_about_uniformly():
@@ -136,7 +158,7 @@ def test_balanced_sampler_draws_classes_about_uniformly():
 
 
 def test_datamodule_balanced_loader(demo_root, cache, oracle):
-    dm = make_dm(demo_root, cache, balanced=True, batch_size=100)
+    dm = make_dm(demo_root, cache, balanced=True, batch_size=100, steps_per_fetch=1)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, BalancedBatchSampler)

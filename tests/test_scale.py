@@ -67,7 +67,7 @@ def test_train_split_all_holds_both_splits_once(unbal_root):
 
 
 def test_balanced_sampling_over_both_splits(unbal_root):
-    dm = _dm(unbal_root, mode="dev", balanced=True)
+    dm = _dm(unbal_root, mode="dev", balanced=True, steps_per_fetch=1)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, BalancedBatchSampler)

@@ -16,7 +16,7 @@ from aer.data.convert import DATASETS, CacheError, convert, load_splits
 from aer.data.demo import ensure_demo, is_demo
 from aer.data.labels import read_class_labels
 from aer.data.records import FEATURE_SCALE
-from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler
+from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler, StepBlocks
 from aer.paths import aer_home
 from aer.settings import DataSettings
 
@@ -49,13 +49,20 @@ class ClipBatches(Dataset):
         return out
 
     def __getitem__(self, batch) -> dict[str, torch.Tensor]:
-        idx = self.rows[torch.as_tensor(batch, dtype=torch.int64).to(self.rows.device)]
-        return {
+        """One batch of positions, or a block (a list of batches: StepBlocks) gathered at once and served
+        as one batch whose `steps` holds the sizes of its batches, in order."""
+        block = isinstance(batch, list)
+        positions = np.concatenate(batch) if block else batch
+        idx = self.rows[torch.as_tensor(positions, dtype=torch.int64).to(self.rows.device)]
+        out = {
             "features": self.features.index_select(0, idx),
             "lengths": self.lengths.index_select(0, idx),
             "y": self.labels.index_select(0, idx).float(),
             "index": idx,  # the clips' rows in the split's arrays
         }
+        if block:  # plain ints, so moving the batch to a device copies no sizes and reading them needs no sync
+            out["steps"] = [len(b) for b in batch]
+        return out
 
 
 def dev_split(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +115,7 @@ class AudioSetDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = s.batch_size, s.eval_batch_size
         self.val_fraction, self.split_seed, self.seed = s.val_fraction, s.split_seed, s.seed
         self.normalize, self.balanced, self.drop_last = s.normalize, s.balanced, s.drop_last
-        self.num_workers, self.pin_memory = s.num_workers, s.pin_memory
+        self.num_workers, self.pin_memory, self.steps_per_fetch = s.num_workers, s.pin_memory, s.steps_per_fetch
         self.convert_workers, self.on_bad_record, self.num_classes = s.convert_workers, s.on_bad_record, s.num_classes
         self.demo = s.demo.as_dict() if s.demo else None
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -235,6 +242,8 @@ class AudioSetDataModule(pl.LightningDataModule):
                                            rows=ds.rows.numpy())
         else:
             sampler = EpochBatchSampler(len(ds), self.batch_size, True, self.seed, self.drop_last)
+        if self.steps_per_fetch > 1:
+            sampler = StepBlocks(sampler, self.steps_per_fetch)
         return self._loader(ds, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -109,3 +109,37 @@ class BalancedBatchSampler(EpochBatchSampler):
         pick = rng.integers(0, len(self._present), size=self.n)
         offset = (rng.random(self.n) * self._counts[pick]).astype(np.int64)
         return self._members[self._starts[pick] + offset]
+
+
+class StepBlocks(torch.utils.data.Sampler):
+    """Groups every `steps` consecutive batches of a batch sampler into one block (a list of index arrays;
+    an epoch's last block may hold fewer). The batches, their order and their epochs are the inner
+    sampler's: a block only changes how many of them one loader fetch serves."""
+
+    def __init__(self, batches, steps: int):
+        if steps < 1:
+            raise ValueError(f"steps must be positive, got {steps}")
+        self.batches, self.steps = batches, steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        self.batches.set_distributed(rank, world_size)
+
+    def __iter__(self):
+        block = []
+        for batch in self.batches:
+            block.append(batch)
+            if len(block) == self.steps:
+                yield block
+                block = []
+        if block:
+            yield block
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.steps)
+
+    def steps_in(self, blocks: int) -> int:
+        """The batches (optimizer steps) an epoch's first `blocks` blocks hold."""
+        return min(blocks * self.steps, len(self.batches))
