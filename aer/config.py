@@ -52,7 +52,7 @@ def plain(node) -> dict:
 
 def sections(cfg: DictConfig) -> dict[str, Section]:
     """Every section of a train config built (and so validated) from aer.settings, before any work."""
-    top = plain({k: cfg.get(k) for k in ("task_name", "seed", "tags", "threads", "ckpt_path")})
+    top = plain({k: cfg.get(k) for k in ("task_name", "seed", "tags", "threads", "ckpt_path", "compile")})
     out = {
         "train": TrainSettings.build({**top, **{k: plain(cfg[k]) for k in ("optim", "augment", "swa")}}),
         "data": DataSettings.build(plain(cfg.data)),

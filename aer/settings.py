@@ -269,6 +269,9 @@ class TrainSettings(Section):
     # (hydra/launcher=joblib, several processes on one GPU box) set 1-2, or the threads fight over cores.
     threads: Positive | None = None
     ckpt_path: str | None = None      # null: start fresh; last: this run dir's checkpoints/last.ckpt; or a path
+    # torch.compile the network for training and validation (nn.Module.compile: the checkpoint's keys are
+    # unchanged). Pays a compilation (tens of seconds) at the start; worth it on a GPU, rarely on a CPU.
+    compile: bool = False
     optim: OptimSettings = field(default_factory=OptimSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     swa: SwaSettings = field(default_factory=SwaSettings)

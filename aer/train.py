@@ -122,6 +122,8 @@ def build(cfg: DictConfig) -> tuple:
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
     dm.check_layout()
     model = Tagger(**tagger_kwargs(cfg))
+    if cfg.compile:
+        model.net.compile()
     ours = {"throughput": Throughput(), "best": BestMetric("val/mAP"), "divergence": Divergence()}
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += last_epoch_checkpoint(callbacks)

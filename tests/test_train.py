@@ -258,3 +258,18 @@ def test_heap_frozen_while_fitting_and_thawed_after(demo_root, tmp_path):
             trainer.fit(Tagger(model="fc", init="xavier"), datamodule=dm)
         assert gc.get_freeze_count() == 0
     assert len(seen) == 4 and all(n > 10_000 for n in seen)
+
+
+@pytest.mark.slow  # torch.compile's first compilation takes tens of seconds on a CPU
+def test_compile_trains_and_keeps_the_checkpoint_loadable(demo_root, tmp_path):
+    import torch
+
+    from aer.checkpoint import load_tagger
+
+    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, "compile=true", "trainer.max_epochs=1"))
+    result = run(cfg)
+    assert result["status"] == "ok" and result["val/mAP"] > 0
+    tagger = load_tagger(tmp_path / "checkpoints" / "last.ckpt")  # plain keys: no torch.compile wrapper names
+    assert not any("_orig_mod" in k for k in tagger.state_dict())
+    x = torch.randint(0, 256, (3, 10, 128), dtype=torch.uint8)
+    assert tagger.predict_proba(x, torch.tensor([10, 4, 1])).shape == (3, 527)
