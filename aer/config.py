@@ -64,14 +64,15 @@ def sections(cfg: DictConfig) -> dict[str, Section]:
         raise ValueError(f"trainer.max_epochs={epochs!r}: expected a positive integer")
     limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
-        raise ValueError(f"trainer.limit_train_batches={limit!r}: expected a positive number (a count of batches, "
-                         f"or a fraction of them), or null for all: with 0 the run would train no step")
-    if out["data"].steps_per_fetch > 1:  # the Tagger then steps itself (manual optimization), which Lightning
+        raise ValueError(f"trainer.limit_train_batches={limit!r}: expected a positive number (a count of loader "
+                         f"fetches, each data.steps_per_fetch batches, or a fraction of them), or null for all: "
+                         f"with 0 the run would train no step")
+    if out["data"].fetch_steps > 1:  # the Tagger then steps itself (manual optimization), which Lightning
         for key, off in (("gradient_clip_val", (None, 0)), ("accumulate_grad_batches", (None, 1))):  # refuses
             value = OmegaConf.select(cfg, f"trainer.{key}")
             if value not in off:
                 raise ValueError(f"trainer.{key}={value!r} needs Lightning's automatic optimization: add "
-                                 f"data.steps_per_fetch=1 (now {out['data'].steps_per_fetch})")
+                                 f"data.steps_per_fetch=1 (now {out['data'].fetch_steps})")
     return out
 
 

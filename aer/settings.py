@@ -58,6 +58,10 @@ OnBadRecord = Literal["error", "skip"]   # a record that does not parse: stop th
 TRAIN_SPLITS = {"bal_train": ["bal_train"], "unbal_train": ["unbal_train"], "all": ["bal_train", "unbal_train"]}
 
 
+# data.steps_per_fetch=null: a block of batches holds about this many clips, in at most this many batches
+FETCH_CLIPS, MAX_FETCH_STEPS = 2048, 32
+
+
 @dataclass
 class DataSettings(Section):
     KEY: ClassVar[str] = "data"
@@ -83,11 +87,12 @@ class DataSettings(Section):
     device_resident: bool | None = None
     # optimizer steps per loader fetch: the training loader serves blocks of this many batches and the
     # Tagger takes one optimizer step per batch inside one Lightning step (manual optimization), so
-    # Lightning's per-step cost (hooks, logging, progress bar) is paid once a block. The same steps on the
-    # same batches as 1, which keeps Lightning's automatic optimization (needed for trainer.gradient_clip_val
-    # and trainer.accumulate_grad_batches); trainer.limit_train_batches, val_check_interval and the progress
-    # bar then count blocks.
-    steps_per_fetch: Positive = 8
+    # Lightning's per-step cost (~1 ms on a laptop CPU: its loop, hooks, logging, progress bar) is paid once
+    # a block. The same steps on the same batches as 1, which keeps Lightning's automatic optimization
+    # (needed for trainer.gradient_clip_val and trainer.accumulate_grad_batches); trainer.limit_train_batches,
+    # val_check_interval and the progress bar count blocks. null: blocks of about FETCH_CLIPS clips (at most
+    # MAX_FETCH_STEPS batches): 32 at batch 50, 4 at 500, 1 at 2000.
+    steps_per_fetch: Positive | None = None
     convert_workers: Positive = 1                   # processes converting shards into the HDF5 cache
     on_bad_record: OnBadRecord = "error"
     num_classes: Positive = NUM_CLASSES
@@ -98,6 +103,13 @@ class DataSettings(Section):
         if self.val_fraction >= 1:
             raise ValueError(f"data.val_fraction={self.val_fraction!r}: expected a number between 0 and 1")
         self.train_splits  # noqa: B018 — checks train_split
+
+    @property
+    def fetch_steps(self) -> int:
+        """steps_per_fetch, resolved."""
+        if self.steps_per_fetch is not None:
+            return self.steps_per_fetch
+        return max(1, min(MAX_FETCH_STEPS, round(FETCH_CLIPS / self.batch_size)))
 
     @property
     def train_splits(self) -> list[str]:

@@ -25,10 +25,11 @@ def _dm(demo_root, tmp_path, steps: int) -> AudioSetDataModule:
 
 
 def _fit(demo_root, tmp_path, steps: int, optim: dict | None = None, swa: bool = False, logger=False,
-         model: str = "fc") -> tuple[Tagger, pl.Trainer]:
+         model: str = "fc", extra: tuple = ()) -> tuple[Tagger, pl.Trainer]:
     pl.seed_everything(SEED, verbose=False)
     tagger = Tagger(model=model, init="xavier", optim=optim, model_kwargs=NO_DROPOUT[model])
     callbacks = [StochasticWeightAveraging(swa_lrs=1e-3, swa_epoch_start=2, annealing_epochs=1)] if swa else []
+    callbacks += list(extra)
     trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          use_distributed_sampler=False, log_every_n_steps=3, callbacks=callbacks)
@@ -112,3 +113,31 @@ def test_a_block_without_the_datamodule_is_refused(demo_root, tmp_path):
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="data.steps_per_fetch > 1"):
         trainer.fit(Tagger(model="fc", init="xavier"), train_dataloaders=dm.train_dataloader())
+
+
+def test_the_default_block_holds_about_2048_clips():
+    from aer.settings import DataSettings
+
+    got = {b: DataSettings(root="r", batch_size=b).fetch_steps for b in (1, 50, 100, 500, 1000, 2000, 5000)}
+    assert got == {1: 32, 50: 32, 100: 20, 500: 4, 1000: 2, 2000: 1, 5000: 1}
+    assert DataSettings(root="r", batch_size=50, steps_per_fetch=3).fetch_steps == 3
+
+
+def test_a_callback_on_the_step_hooks_sees_every_step_of_a_block(demo_root, tmp_path):
+    class Count(pl.Callback):
+        def __init__(self):
+            self.backward = self.step = 0
+
+        def on_after_backward(self, trainer, pl_module):
+            self.backward += 1
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.step += 1
+
+    count = Count()
+    hooked, trainer = _fit(demo_root, tmp_path, 3, extra=(count,))
+    assert hooked._direct_steps is False  # Lightning's manual_backward and step, with their hooks
+    assert count.backward == count.step == trainer.global_step == EPOCHS * 8
+    plain, _ = _fit(demo_root, tmp_path, 3)
+    assert plain._direct_steps is True
+    _assert_same_weights(hooked, plain)

@@ -115,7 +115,7 @@ class AudioSetDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = s.batch_size, s.eval_batch_size
         self.val_fraction, self.split_seed, self.seed = s.val_fraction, s.split_seed, s.seed
         self.normalize, self.balanced, self.drop_last = s.normalize, s.balanced, s.drop_last
-        self.num_workers, self.pin_memory, self.steps_per_fetch = s.num_workers, s.pin_memory, s.steps_per_fetch
+        self.num_workers, self.pin_memory, self.steps_per_fetch = s.num_workers, s.pin_memory, s.fetch_steps
         self.convert_workers, self.on_bad_record, self.num_classes = s.convert_workers, s.on_bad_record, s.num_classes
         self.demo = s.demo.as_dict() if s.demo else None
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
