@@ -116,6 +116,8 @@ class Divergence(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.first_loss is None and outputs is not None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if isinstance(outputs, dict) and "step_losses" in outputs:  # a block's steps: its first one
+                loss = outputs["step_losses"][0]
             self.first_loss = float(loss)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -96,7 +96,7 @@ class Tagger(pl.LightningModule):
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         return int(getattr(dm, "steps_per_fetch", 1))
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | dict[str, torch.Tensor]:
         sizes = batch.get("steps")
         if self.automatic_optimization:
             if sizes is not None and len(sizes) > 1:
@@ -105,7 +105,7 @@ class Tagger(pl.LightningModule):
             return self._loss(batch, log_to="lightning")
         return self._train_block(batch, batch_idx, sizes or [len(batch["y"])])
 
-    def _train_block(self, batch: dict, batch_idx: int, sizes: list[int]) -> torch.Tensor:
+    def _train_block(self, batch: dict, batch_idx: int, sizes: list[int]) -> dict[str, torch.Tensor]:
         """The optimizer steps of a block's batches, one after another, as automatic optimization takes them:
         zero_grad, backward, step, then the step-interval schedulers; the epoch-interval ones after the
         epoch's last block. Lightning's hooks (on_before_backward, on_before_optimizer_step, ...) run for each."""
@@ -138,12 +138,13 @@ class Tagger(pl.LightningModule):
         # Lightning counts one batch a fetch; its logger step (what epoch-end metrics are logged at) is kept
         # at the optimizer steps taken, as with one batch a fetch (it adds the block's last one itself).
         self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(parts) - 1
+        # the block's loss (its clips' mean) and each step's, as Lightning hands them to on_train_batch_end
         mean = torch.stack([loss * n for loss, n in zip(losses, sizes)]).sum() / sum(sizes)  # no host copy
         if self._logged_in_block:
             self.log("train/loss_step", losses[-1], on_step=True, on_epoch=False, prog_bar=True, logger=False,
                      batch_size=sizes[-1])
             self._logged_in_block = False
-        return mean
+        return {"loss": mean, "step_losses": torch.stack(losses)}
 
     def _hooks_unused(self) -> bool:
         """Whether manual_backward and the optimizer's step would only call loss.backward() and step(): full

@@ -204,13 +204,15 @@ def main() -> int:
             print(f"measured {name} batch {bs}: aer/plain {r['ratio']:.3f}", flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nreal bal_train dev split, {rows[0]['clips']} training clips an epoch, {args.epochs} epochs a cell, "
-          f"torch {torch.__version__}, {device}, data.steps_per_fetch={rows[0]['steps_per_fetch']}")
-    print(f"{'model':15} {'batch':>5} {'plain clips/s':>14} {'aer clips/s':>12} {'aer/plain':>10} {'target':>7} "
+          f"torch {torch.__version__}, {device}; steps: data.steps_per_fetch")
+    print(f"{'model':15} {'batch':>5} {'steps':>5} {'plain clips/s':>14} {'aer clips/s':>12} {'aer/plain':>10} "
+          f"{'target':>7} "
           f"{'(pairs range)':>14} {'epoch overheads s':>18} {'RSS peak MB':>12} {'RSS growth MB':>14}"
           + (f" {'CUDA peak MB':>13}" if args.device == "cuda" else ""))
     for r in rows:
         ok = "ok" if r["ratio"] <= target else "MISSED"
-        print(f"{r['net']:15} {r['batch']:5d} {r['plain_rate']:14,.0f} {r['aer_rate']:12,.0f} {r['ratio']:10.3f} "
+        print(f"{r['net']:15} {r['batch']:5d} {r['steps_per_fetch']:5d} {r['plain_rate']:14,.0f} "
+              f"{r['aer_rate']:12,.0f} {r['ratio']:10.3f} "
               f"{'<=' + str(target):>7} {r['lo']:6.3f}-{r['hi']:<7.3f} {r['overhead']:18.2f} {r['rss_peak']:12.0f} "
               f"{r['rss_growth']:14.1f}" + (f" {r['cuda_peak']:13.0f}" if args.device == "cuda" else "") + f"  {ok}")
     print("clips/s: the median training epoch after the first, of each; aer/plain: the median over the epochs "
