@@ -123,8 +123,9 @@ def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
 
 
 def build(cfg: DictConfig, timing: JobTiming | None = None) -> tuple:
-    """(data module, Tagger, Lightning trainer, aer's own callbacks) for a checked train config;
-    `timing`, when given, is one of the trainer's callbacks and times the data's loading here."""
+    """(data module, Tagger, Lightning trainer, aer's own callbacks and checkpoint writer by name) for a
+    checked train config; `timing`, when given, is one of the trainer's callbacks and times the data's
+    loading here."""
     timing = timing or JobTiming()
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
     dm.check_layout()
@@ -138,9 +139,10 @@ def build(cfg: DictConfig, timing: JobTiming | None = None) -> tuple:
                                                    swa_epoch_start=cfg.swa.epoch_start,
                                                    annealing_epochs=cfg.swa.annealing_epochs))
     callbacks += [*ours.values(), FrozenHeap(), timing]
-    ours.update(last=last[0] if last else None)
+    ckpt_io = AtomicCheckpointIO(background=True)  # written while training goes on
+    ours.update(last=last[0] if last else None, checkpoint_io=ckpt_io)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg) or False,
-                                                  plugins=[AtomicCheckpointIO()])
+                                                  plugins=[ckpt_io])
     if dm.normalize == "standardize":
         with timing.phase("data"):
             dm.prepare_data()
@@ -206,6 +208,7 @@ def _run(cfg: DictConfig, timing: JobTiming) -> dict:
         "best_ckpt": best_path, "last_ckpt": last_path,
         "seconds": round(time.time() - t0, 2),
     }
+    ours["checkpoint_io"].teardown()  # the checkpoints written after fit (swa.ckpt) are on disk
     if trainer.is_global_zero:
         log_checkpoints(trainer.loggers, [best_path, result["last_ckpt"]])
         write_json(out_dir / "timing.json", timing.summary())
