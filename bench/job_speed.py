@@ -120,13 +120,17 @@ def aer_run(args, cache_dir: str, variant: str, tmp: Path, i: int, env: dict) ->
 
 
 def flatness(rss: list[float]) -> str:
-    """Resident memory over the epochs: after the first epoch (which allocates the training buffers)."""
-    if len(rss) < 3:
-        return "n/a"
-    later = rss[1:]
-    grow = later[-1] - later[0]
-    verdict = "flat" if abs(grow) <= max(20.0, 0.03 * later[0]) else "GROWS"
-    return f"{rss[0]:.0f} MB after epoch 1, {later[0]:.0f} → {later[-1]:.0f} MB (max {max(later):.0f}): {verdict}"
+    """Resident memory over the epochs (a sweep's jobs one after another): from the third epoch on, after
+    the allocator has settled (training and validation buffers, the first checkpoints' bytes), the
+    later half's peak against the earlier half's."""
+    if len(rss) < 6:
+        return f"{len(rss)} epochs, too few to judge: " + ", ".join(f"{v:.0f}" for v in rss) + " MB"
+    settled = rss[2:]
+    half = len(settled) // 2
+    grow = max(settled[half:]) - max(settled[:half])
+    verdict = "flat" if grow <= max(20.0, 0.03 * max(settled)) else "GROWS"
+    return (f"epoch 1 {rss[0]:.0f} MB, epochs 3-{len(rss)} {min(settled):.0f}-{max(settled):.0f} MB, last "
+            f"{rss[-1]:.0f} MB; the later half's peak {grow:+.0f} MB over the earlier half's: {verdict}")
 
 
 def measure(args, variant: str, cache: Path, split: Path, tmp: Path, env: dict) -> None:
