@@ -18,6 +18,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -156,14 +157,55 @@ def decision_thresholds(ckpt: dict, threshold: float | None, source: str = "chec
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, writing beside the target and renaming over it: a kill cannot tear it."""
+    """Lightning's checkpoint writer, writing beside the target and renaming over it: a kill cannot tear it.
+
+    With background=True (training) the serialised bytes are written and synced by one worker
+    thread while training goes on: the checkpoint's content is fixed before save_checkpoint
+    returns, only the write (and its fsync, the slow part) overlaps the next steps. One write is
+    in flight at most; the next save, a removal, a load and teardown (the end of fit) wait for it
+    first, and raise its error there.
+    """
+
+    def __init__(self, background: bool = False) -> None:
+        super().__init__()
+        self.background = background
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         # Serialised in memory first: torch's zip writer turns a full disk into "unexpected pos";
         # a plain write of the bytes gets the OSError, which atomic_path names in one line.
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
-        atomic_write_bytes(path, buf.getbuffer(), fsync=True)
+        self.wait()
+        if not self.background:
+            atomic_write_bytes(path, buf.getbuffer(), fsync=True)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aer-checkpoint")
+        self._pending = self._executor.submit(atomic_write_bytes, path, buf.getbuffer(), True)
+
+    def wait(self) -> None:
+        """Returns once the write in flight, if any, is done; raises its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def load_checkpoint(self, *args, **kwargs):
+        self.wait()
+        return super().load_checkpoint(*args, **kwargs)
+
+    def remove_checkpoint(self, path) -> None:
+        self.wait()
+        super().remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:

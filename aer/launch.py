@@ -10,6 +10,7 @@ the duration of one fit and puts Lightning's back afterwards.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -85,11 +86,25 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+# Training jobs this process has finished (a multirun's jobs run one after another in one process).
+_jobs_done = 0
+
+
 @contextlib.contextmanager
 def job_state(threads: int | None) -> Iterator[None]:
     """One training job's process state: torch's CPU threads set to `threads` (None: as they are), and
     afterwards the threads, the DDP environment, the process group and any W&B run put back as found,
-    so that a multirun's next job (or a DDP run) starts clean."""
+    so that a multirun's next job (or a DDP run) starts clean.
+
+    A job after the first in this process first collects the garbage of the one before: its trainer,
+    model and data arrays are left in reference cycles (Lightning's trainer and its callbacks), and
+    Python's collector, which compares young objects with the ~400k long-lived ones, would reach them
+    only after many more jobs: without it a sweep's memory grew by every job's data and model (80 MB
+    a report_fc job, 691 to 1,096 MB over report_init's six). One full collection costs ~0.2 s a job.
+    """
+    global _jobs_done
+    if _jobs_done:
+        gc.collect()
     env = {k: os.environ.get(k) for k in DDP_ENV}
     num_threads = torch.get_num_threads()
     if threads:
@@ -108,3 +123,4 @@ def job_state(threads: int | None) -> Iterator[None]:
             else:
                 os.environ[k] = v
         torch.set_num_threads(num_threads)
+        _jobs_done += 1

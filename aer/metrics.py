@@ -1,10 +1,12 @@
 """mAP, mAUC, d′ and decisions (per-class thresholds, F1) for multi-label tagging, in one place.
 
-The per-class curves are computed for all classes at once from one column-wise sort, which
-scores 20,000 clips × 527 classes in well under a second; torchmetrics' functional AP/AUROC
-loop over classes and take several seconds each at that size. The `Metric` wrapper below keeps
-torchmetrics' state handling and DDP synchronisation. Definitions match scikit-learn's
-`average_precision_score` and `roc_auc_score` (ties grouped, no interpolation).
+AP and AUC of all classes come from one sort of each class's scores and binary searches of its
+positives in them (4,432 clips × 527 classes in ~30 ms on one thread, so validating after every
+epoch costs little); the decision thresholds from per-class curves of one column-wise sort.
+torchmetrics' functional AP/AUROC loop over classes and take several seconds each at 20,000 clips.
+The `Metric` wrapper below keeps torchmetrics' state handling and DDP synchronisation.
+Definitions match scikit-learn's `average_precision_score` and `roc_auc_score` (ties grouped, no
+interpolation).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -57,17 +60,43 @@ def _by_class_blocks(fn, scores: torch.Tensor, labels: torch.Tensor, *args) -> t
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
+def _sort_keys(values: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """uint64 keys ordered as (class, score): `high` (the class, shifted into the high 32 bits) or-ed
+    with the float32 score's bits mapped so that their unsigned order is the floats' (NaN above +inf)."""
+    bits = values.view(np.int32)
+    ordered = (bits ^ ((bits >> 31) | np.int32(-2**31))).view(np.uint32)  # negatives: all bits flipped
+    return np.bitwise_or(high, ordered, dtype=np.uint64)
+
+
 def _per_class_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    _, tps, fps, rank, last, previous = _curves(scores, labels)
-    pos, neg = tps[:, -1], fps[:, -1]
-    tp_prev, fp_prev = previous(tps), previous(fps)
-    lastd = last.double()
-    ap = (lastd * (tps - tp_prev) * (tps / rank)).sum(1) / pos
-    auc = (lastd * (fps - fp_prev) * (tps + tp_prev) / 2).sum(1) / (pos * neg)
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=scores.device)
-    ap = torch.where(pos > 0, ap, nan)
-    auc = torch.where((pos > 0) & (neg > 0), auc, nan)
-    return ap, auc
+    # Only the positives' ranks matter. With ties grouped, a class's AP is the mean over its
+    # positives p of (positives scored >= p) / (clips scored >= p), and its AUC the share of
+    # (positive, negative) pairs where the positive scores higher, ties counting half. Both counts
+    # come from one sort of each class's scores (values only: numpy's vectorised sort, ~15x
+    # torch.sort's argsort on one thread) and binary searches of the positives in it.
+    x = scores.detach().float().cpu().numpy()
+    n, n_classes = x.shape
+    s = np.empty((n_classes, n), dtype=np.float32)
+    np.add(x.T, np.float32(0), out=s)  # classes as rows, and -0.0 made +0.0 (equal floats, equal keys)
+    clip, cls = np.nonzero(labels.detach().cpu().numpy())
+    high = np.arange(n_classes, dtype=np.uint64) << np.uint64(32)
+    everyone = _sort_keys(np.sort(s, axis=1), high[:, None]).ravel()  # sorted: class by class, each sorted
+    keys = np.sort(_sort_keys(s[cls, clip], high[cls]))  # the positives; sorted, the searches run fast
+    cls = (keys >> np.uint64(32)).astype(np.int64)
+    pos = np.bincount(cls, minlength=n_classes)
+    first = np.cumsum(pos) - pos  # each class's first positive in `keys`
+    all_lt = np.searchsorted(everyone, keys, "left") - cls * n
+    all_le = np.searchsorted(everyone, keys, "right") - cls * n
+    pos_lt = np.searchsorted(keys, keys, "left") - first[cls]
+    pos_le = np.searchsorted(keys, keys, "right") - first[cls]
+    neg = n - pos
+    with np.errstate(invalid="ignore", divide="ignore"):  # no positives (or negatives): NaN below
+        ap = np.bincount(cls, (pos[cls] - pos_lt) / (n - all_lt), n_classes) / pos
+        below = (all_lt - pos_lt) + 0.5 * ((all_le - all_lt) - (pos_le - pos_lt))  # negatives under, tied
+        auc = np.bincount(cls, below, n_classes) / (pos * neg)
+    ap[pos == 0] = np.nan
+    auc[(pos == 0) | (neg == 0)] = np.nan
+    return torch.from_numpy(ap).to(scores.device), torch.from_numpy(auc).to(scores.device)
 
 
 def dprime(mauc: float) -> float:
@@ -145,7 +174,6 @@ def decision_scores(probs, labels, thresholds) -> dict:
     Macro means are over the classes with positives in `labels`, as mAP's are; a class that is
     never predicted has precision 0 (scikit-learn's zero_division=0). Per-class values are returned too.
     """
-    import numpy as np
 
     probs, labels = np.asarray(probs), np.asarray(labels, dtype=bool)
     thresholds = np.asarray(thresholds, dtype=np.float64)

@@ -17,6 +17,7 @@ from aer.config import sections, tagger_kwargs
 from aer.launch import ddp_launch, job_state
 from aer.module import Tagger
 from aer.search import OptunaPruning
+from aer.timing import JobTiming
 from aer.utils import remove_stale_partials, write_json
 
 log = logging.getLogger(__name__)
@@ -107,18 +108,25 @@ def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
     Since Lightning 2.6 `save_last=True` writes last.ckpt only at the steps where a top-k
     checkpoint is written, so with save_top_k=1 it holds the best epoch, not the last one (a
     resume would restart from the best epoch, and last_ckpt would not be the final weights).
+    The monitored checkpoint's own last.ckpt is turned off (save_last=False): in an epoch that
+    improves, it would write last.ckpt at validation's end only for this one to write it again at
+    the epoch's end (a third checkpoint write, 11 MB for report_fc, in most epochs).
     """
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.save_last is True and cb.monitor and cb.dirpath:
+            cb.save_last = False
             return [ModelCheckpoint(dirpath=cb.dirpath, filename=cb.CHECKPOINT_NAME_LAST, monitor=None,
                                     save_top_k=1, save_last=False, enable_version_counter=False)]
     return []
 
 
-def build(cfg: DictConfig) -> tuple:
-    """(data module, Tagger, Lightning trainer, aer's own callbacks) for a checked train config."""
+def build(cfg: DictConfig, timing: JobTiming | None = None) -> tuple:
+    """(data module, Tagger, Lightning trainer, aer's own callbacks and checkpoint writer by name) for a
+    checked train config; `timing`, when given, is one of the trainer's callbacks and times the data's
+    loading here."""
+    timing = timing or JobTiming()
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
     dm.check_layout()
     model = Tagger(**tagger_kwargs(cfg))
@@ -126,33 +134,41 @@ def build(cfg: DictConfig) -> tuple:
         model.net.compile()
     ours = {"throughput": Throughput(), "best": BestMetric("val/mAP"), "divergence": Divergence()}
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks += last_epoch_checkpoint(callbacks)
+    last = last_epoch_checkpoint(callbacks)
+    callbacks += last
     if cfg.swa.enabled:
         callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr,
                                                    swa_epoch_start=cfg.swa.epoch_start,
                                                    annealing_epochs=cfg.swa.annealing_epochs))
-    callbacks += [*ours.values(), FrozenHeap()]
+    callbacks += [*ours.values(), FrozenHeap(), timing]
+    ckpt_io = AtomicCheckpointIO(background=True)  # written while training goes on
+    ours.update(last=last[0] if last else None, checkpoint_io=ckpt_io)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg) or False,
-                                                  plugins=[AtomicCheckpointIO()])
+                                                  plugins=[ckpt_io])
     if dm.normalize == "standardize":
-        dm.prepare_data()
-        dm.setup("fit")
+        with timing.phase("data"):
+            dm.prepare_data()
+            dm.setup("fit")
         model.set_input_stats(*dm.input_stats())
     return dm, model, trainer, ours
 
 
 def run(cfg: DictConfig) -> dict:
-    """Trains (and, in final mode, tests) one model; returns what it writes to metrics.json."""
-    sections(cfg)  # every setting checked before any work
+    """Trains (and, in final mode, tests) one model; returns what it writes to metrics.json (and
+    writes where its time went to timing.json: aer.timing)."""
+    timing = JobTiming()
+    with timing.phase("build"):
+        sections(cfg)  # every setting checked before any work
     with job_state(cfg.threads):
-        return _run(cfg)
+        return _run(cfg, timing)
 
 
-def _run(cfg: DictConfig) -> dict:
+def _run(cfg: DictConfig, timing: JobTiming) -> dict:
     t0 = time.time()
     out_dir = Path(cfg.paths.output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-    dm, model, trainer, ours = build(cfg)
+    with timing.phase("build"):
+        pl.seed_everything(cfg.seed, workers=True)
+        dm, model, trainer, ours = build(cfg, timing)
     final = dm.mode == "final"
     ckpt_cb = trainer.checkpoint_callback
     for folder in (out_dir, Path(ckpt_cb.dirpath)):
@@ -161,12 +177,14 @@ def _run(cfg: DictConfig) -> dict:
     if ckpt_path:
         check_resume(ckpt_path, dm)
     with ddp_launch(trainer):
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        timing.fit(trainer, model, datamodule=dm, ckpt_path=ckpt_path)
+    timing.push("finish")
     if trainer.global_step == 0:
         raise ValueError(f"the run trained no step ({no_steps_reason(trainer, dm)}): nothing to report")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
     best_path = ckpt_cb.best_model_path or None
+    last_path = (ours["last"] and ours["last"].best_model_path) or ckpt_cb.last_model_path or None
     if cfg.swa.enabled:  # the model now holds the averaged weights: they are the run's result
         best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")
         trainer.save_checkpoint(best_path)
@@ -189,10 +207,12 @@ def _run(cfg: DictConfig) -> dict:
     result = {
         **metrics, "status": "pruned" if pruned else "diverged" if diverged else "ok", "diverged": diverged,
         "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-        "best_ckpt": best_path, "last_ckpt": ckpt_cb.last_model_path or None,
+        "best_ckpt": best_path, "last_ckpt": last_path,
         "seconds": round(time.time() - t0, 2),
     }
+    ours["checkpoint_io"].teardown()  # the checkpoints written after fit (swa.ckpt) are on disk
     if trainer.is_global_zero:
         log_checkpoints(trainer.loggers, [best_path, result["last_ckpt"]])
+        write_json(out_dir / "timing.json", timing.summary())
         write_json(out_dir / "metrics.json", result)
     return result

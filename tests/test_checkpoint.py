@@ -141,3 +141,20 @@ def test_predict_split_serves_the_split_in_order(best):
     # one big batch gives the same numbers as batches of 64
     one = datamodule_from_checkpoint(best, {"eval_batch_size": 4096}, "eval")
     np.testing.assert_allclose(predict_split(model, one)[0], probs, atol=1e-6)
+
+
+def test_background_writes_hold_the_content_of_their_save_and_raise_their_errors(tmp_path):
+    from aer.checkpoint import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO(background=True)
+    w = torch.zeros(1000)
+    io.save_checkpoint({"w": w}, tmp_path / "a.ckpt")
+    w += 1  # training goes on while the file is written: the file holds the weights at the save
+    io.save_checkpoint({"w": w}, tmp_path / "b.ckpt")
+    assert torch.equal(io.load_checkpoint(tmp_path / "a.ckpt")["w"], torch.zeros(1000))  # waits first
+    io.teardown()
+    assert torch.equal(torch.load(tmp_path / "b.ckpt", weights_only=True)["w"], torch.ones(1000))
+    io.save_checkpoint({"w": w}, tmp_path / "a.ckpt" / "c.ckpt")  # below a file: fails in the worker thread
+    with pytest.raises(OSError, match="a.ckpt"):
+        io.teardown()
+    assert not list(tmp_path.glob("**/*.partial"))

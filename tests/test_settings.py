@@ -152,3 +152,24 @@ def test_ddp_launch_patches_lightning_for_one_fit_and_restores_it(tmp_path):
     assert cfg.seed == TrainSettings().seed
     with ddp_launch(trainer):  # no Hydra run: Lightning's own command
         assert subprocess_script._hydra_subprocess_cmd is original
+
+
+def test_a_later_job_starts_with_the_previous_jobs_cycles_collected():
+    import gc
+    import weakref
+
+    class Trainer:  # as Lightning's: held in a reference cycle with its callbacks
+        pass
+
+    with job_state(threads=None):
+        trainer = Trainer()
+        trainer.callbacks = [trainer]
+    gone = weakref.ref(trainer)
+    del trainer
+    gc.disable()  # the automatic collector would reach it only after many jobs; here not at all
+    try:
+        assert gone() is not None
+        with job_state(threads=None):
+            assert gone() is None  # collected before the next job's work
+    finally:
+        gc.enable()

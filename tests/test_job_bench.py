@@ -1,0 +1,54 @@
+"""bench/job_speed.py and its plain baseline bench/plain_job.py: the skip, the baseline's scores, and
+(slow) the whole bench on the demo set."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from aer.metrics import summarize
+from conftest import ROOT
+
+BENCH = ROOT / "bench" / "job_speed.py"
+
+
+def _plain_job():
+    spec = importlib.util.spec_from_file_location("plain_job", ROOT / "bench" / "plain_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_it_skips_without_bal_train(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--root", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no bal_train split at")
+
+
+def test_the_plain_jobs_scores_are_aers():
+    rng = np.random.default_rng(0)
+    labels = rng.random((500, 30)) < 0.1
+    labels[:, 0] = False  # no positives: left out by both
+    scores = np.round(rng.random((500, 30)), 2).astype(np.float32)  # ties
+    ap, auc = _plain_job().ap_auc(scores, labels)
+    s = summarize(torch.from_numpy(scores), torch.from_numpy(labels))
+    assert ap == pytest.approx(s["mAP"], abs=1e-12) and auc == pytest.approx(s["mAUC"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_the_bench_on_the_demo_set(demo_root, tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--root", str(demo_root), "--epochs", "2", "--variants", "fc"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"aer / plain wall time: median \d+\.\d+ over 1 pair", out)
+    rows = [ln.split() for ln in out.splitlines() if re.match(r"(plain|aer) +\d", ln)]  # the table's rows
+    assert [r[0] for r in rows] == ["plain", "aer", "plain"]
+    assert all(float(r[-2]) > 100 for r in rows)  # peak RSS MB, each process's own
+    assert "resident memory at each epoch's end: 2 epochs, too few to judge" in out
