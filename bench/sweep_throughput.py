@@ -5,7 +5,8 @@ Hydra's joblib launcher at each K of --parallel (`hydra/launcher=joblib hydra.la
 job with --threads torch threads; with --trainer gpu every job trains on the one GPU (trainer=gpu,
 devices=1), the case of many small FC/attention jobs that leave a large device mostly idle. Prints, per K,
 the sweep's wall time (process start to exit), jobs per hour, the speed-up over K=1 and the jobs'
-median time, and the peak RSS of the largest job (from the jobs' own metrics.json). Everything is
+median time, and the largest peak RSS of a job's process (from the jobs' timing.json; a joblib worker
+process runs several jobs, so it is the worker's peak). Everything is
 written under a temp dir.
 
     python bench/sweep_throughput.py [--root ../shared/data/audioset] [--parallel 1,2,4,8] [--jobs 8]
@@ -48,8 +49,9 @@ def run_sweep(args, k: int, out: Path) -> dict:
     bad = [m.get("error") for m in metrics if m.get("status") != "ok"]
     if bad:
         raise SystemExit(f"sweep with n_jobs={k}: {len(bad)} jobs failed, first: {bad[0]}")
+    timing = [json.loads((out / str(i) / "timing.json").read_text()) for i in range(args.jobs)]
     return {"k": k, "wall": wall, "job_s": statistics.median(m["seconds"] for m in metrics),
-            "rss": max(m.get("peak_rss_mb") or 0 for m in metrics)}
+            "rss": max(t["peak_rss_mb"] for t in timing)}
 
 
 def main() -> int:

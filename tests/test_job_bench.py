@@ -25,10 +25,22 @@ def _plain_job():
     return module
 
 
-def test_it_skips_without_bal_train(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH), "--root", str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no bal_train split at")
+@pytest.mark.parametrize("bench", ["job_speed.py", "sweep_throughput.py", "train_speed.py"])
+def test_it_skips_without_bal_train(tmp_path, bench):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / bench), "--root", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no bal_train split at"), proc.stdout
+
+
+@pytest.mark.slow
+def test_the_sweep_bench_runs_jobs_side_by_side(demo_root, tmp_path):
+    """bench/sweep_throughput.py on the demo set (its --root holds a bal_train folder of shards)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep_throughput.py"), "--root", str(demo_root),
+                           "--cache-dir", str(tmp_path / "cache"), "--parallel", "1,2", "--jobs", "2", "--epochs", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines() if re.match(r"^\s+[12]\s+\d", ln)]
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(r[2]) > 0 for r in rows), proc.stdout
 
 
 def test_the_plain_jobs_scores_are_aers():
