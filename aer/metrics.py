@@ -69,6 +69,25 @@ def _sort_keys(values: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def _per_class_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """On the CPU, from sorted scores and binary searches (numpy); on an accelerator, from the per-class
+    curves of one torch sort there, so that scores never leave the device (equal to 1e-12; tested)."""
+    if scores.device.type == "cpu":
+        return _per_class_scores_searched(scores, labels)
+    return _per_class_scores_curves(scores, labels)
+
+
+def _per_class_scores_curves(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _, tps, fps, rank, last, previous = _curves(scores, labels)
+    pos, neg = tps[:, -1], fps[:, -1]
+    tp_prev, fp_prev = previous(tps), previous(fps)
+    lastd = last.double()
+    ap = (lastd * (tps - tp_prev) * (tps / rank)).sum(1) / pos
+    auc = (lastd * (fps - fp_prev) * (tps + tp_prev) / 2).sum(1) / (pos * neg)
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=scores.device)
+    return torch.where(pos > 0, ap, nan), torch.where((pos > 0) & (neg > 0), auc, nan)
+
+
+def _per_class_scores_searched(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Only the positives' ranks matter. With ties grouped, a class's AP is the mean over its
     # positives p of (positives scored >= p) / (clips scored >= p), and its AUC the share of
     # (positive, negative) pairs where the positive scores higher, ties counting half. Both counts

@@ -22,9 +22,10 @@ def _reference(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return ap, auc
 
 
+@pytest.mark.parametrize("path", ["searched", "curves"])  # the CPU's path, and the accelerators' run here
 @pytest.mark.parametrize("levels", [0, 2, 10, 1000])  # 0: continuous scores; else that many distinct values
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_per_class_scores_equal_scikit_learn(levels, seed):
+def test_per_class_scores_equal_scikit_learn(levels, seed, path):
     rng = np.random.default_rng(seed)
     n, c = int(rng.integers(2, 400)), int(rng.integers(1, 30))
     labels = rng.random((n, c)) < rng.random(c) * 0.6
@@ -35,7 +36,8 @@ def test_per_class_scores_equal_scikit_learn(levels, seed):
     if levels:
         scores = (np.round(scores * levels) / levels).astype(np.float32)
     scores[scores == 0] = -0.0 if seed % 2 else 0.0  # -0.0 ties +0.0
-    ap, auc = per_class_scores(torch.from_numpy(scores), torch.from_numpy(labels))
+    fn = per_class_scores if path == "searched" else metrics._per_class_scores_curves
+    ap, auc = fn(torch.from_numpy(scores), torch.from_numpy(labels))
     ref_ap, ref_auc = _reference(scores, labels)
     np.testing.assert_allclose(ap.numpy(), ref_ap, rtol=0, atol=1e-12)
     np.testing.assert_allclose(auc.numpy(), ref_auc, rtol=0, atol=1e-12)
