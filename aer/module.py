@@ -108,7 +108,9 @@ class Tagger(pl.LightningModule):
     def _train_block(self, batch: dict, batch_idx: int, sizes: list[int]) -> dict[str, torch.Tensor]:
         """The optimizer steps of a block's batches, one after another, as automatic optimization takes them:
         zero_grad, backward, step, then the step-interval schedulers; the epoch-interval ones after the
-        epoch's last block. Lightning's hooks (on_before_backward, on_before_optimizer_step, ...) run for each."""
+        epoch's last block. Where a callback or precision plugin implements the hooks of a step
+        (on_before_backward, on_before_optimizer_step, ...) they run for each step, through Lightning's
+        manual_backward and optimizer step; where none does, the step calls backward and the optimizer itself."""
         opt = self.optimizers()
         if self._direct_steps is None:
             self._direct_steps = self._hooks_unused()
@@ -118,19 +120,17 @@ class Tagger(pl.LightningModule):
         losses = []
         for part in parts:
             loss = self._loss(part, log_to="loggers")
-            if skip_backward:
-                pass
-            elif self._direct_steps:  # what manual_backward and opt.step come down to here, without their
-                opt.optimizer.zero_grad()  # dispatch of hooks nothing implements (4% of an FC step at batch 50)
-                loss.backward()
-                opt._on_before_step()  # Lightning's count of optimizer steps (trainer.global_step)
-                opt.optimizer.step()
-                opt._on_after_step()
-            else:
-                opt.zero_grad()
-                self.manual_backward(loss)
-                opt.step()
             if not skip_backward:
+                if self._direct_steps:  # what manual_backward and opt.step come down to here, without their
+                    opt.optimizer.zero_grad()  # dispatch of hooks nothing implements (4% of an FC step at 50)
+                    loss.backward()
+                    opt._on_before_step()  # Lightning's count of optimizer steps (trainer.global_step)
+                    opt.optimizer.step()
+                    opt._on_after_step()
+                else:
+                    opt.zero_grad()
+                    self.manual_backward(loss)
+                    opt.step()
                 self._step_schedulers("step")
             losses.append(loss.detach())
         if batch_idx + 1 >= self.trainer.num_training_batches:
