@@ -133,7 +133,8 @@ def test_datamodule_dev_split_on_the_real_data(h5, tmp_path):
     dm = AudioSetDataModule(root=str(SHARED), cache_dir=str(cache), batch_size=500)
     dm.setup("fit")
     assert len(dm.split_info("train")["video_id"]) == 17_728 and len(dm.split_info("val")["video_id"]) == 4_432
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["features"].shape == (500, 10, 128) and batch["y"].shape == (500, 527)
+    batch = next(iter(dm.train_dataloader()))  # a block of 4 batches of 500 (data.steps_per_fetch's default)
+    assert batch["steps"] == [500] * 4
+    assert batch["features"].shape == (2000, 10, 128) and batch["y"].shape == (2000, 527)
     names = read_class_labels(SHARED)
     assert len(names) == 527 and names[0] == ("/m/09x0r", "Speech") and names[137][1] == "Music"
