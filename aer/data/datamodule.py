@@ -100,7 +100,8 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     Takes the data.* settings of aer.settings.DataSettings (defaults, types and allowed values are
     declared there, and checked when it is built). Batches are dicts of uint8 `features` (B, T, 128),
-    `lengths` (B,) and float `y` (B, C); the Tagger scales and normalises the features.
+    `lengths` (B,) and float `y` (B, C); the Tagger scales and normalises the features. A training fetch
+    is a block of data.steps_per_fetch batches (when above 1) served as one, `steps` holding their sizes.
     """
 
     def __init__(self, root: str | os.PathLike, **settings):
