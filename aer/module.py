@@ -58,7 +58,7 @@ class Tagger(pl.LightningModule):
         self.register_buffer("input_std", torch.ones(in_dim))
         self._loss_sum, self._loss_count = torch.zeros(()), 0  # the training epoch's running loss
         self._logged_in_block = False
-        self._direct_steps: bool | None = None  # decided at the first block of a fit (_hooks_unused)
+        self._direct_steps: bool | None = None  # decided when a fit starts (_hooks_unused)
         self.val_metrics = TaggingMetrics()
         self.test_metrics = TaggingMetrics()
 
@@ -112,8 +112,6 @@ class Tagger(pl.LightningModule):
         (on_before_backward, on_before_optimizer_step, ...) they run for each step, through Lightning's
         manual_backward and optimizer step; where none does, the step calls backward and the optimizer itself."""
         opt = self.optimizers()
-        if self._direct_steps is None:
-            self._direct_steps = self._hooks_unused()
         parts = [dict(zip(batch, values)) for values in zip(*(
             torch.split(v, sizes) if isinstance(v, torch.Tensor) else [v] * len(sizes) for v in batch.values()))]
         skip_backward = self.trainer.fit_loop._skip_backward  # SWA's BatchNorm epoch: forward passes only
@@ -208,7 +206,7 @@ class Tagger(pl.LightningModule):
         return float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
 
     def on_fit_start(self) -> None:
-        self._direct_steps = None
+        self._direct_steps = self._hooks_unused()
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0

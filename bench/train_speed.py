@@ -48,16 +48,12 @@ from aer.callbacks import FrozenHeap  # noqa: E402
 from aer.data.datamodule import AudioSetDataModule  # noqa: E402
 from aer.models import NETS  # noqa: E402
 from aer.module import Tagger  # noqa: E402
+from aer.timing import rss_mb  # noqa: E402
 
 # The report's two models as the report sized them; the attention models at their aer defaults.
 MODEL_KWARGS = {"fc": {"hidden": [500]}, "skiplstm": {"layers": 2, "hidden": 128}}
 TARGET = {"cpu": 1.05, "cuda": 1.2}
 LOG_EVERY = 10
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 
 class PlainLoop:
