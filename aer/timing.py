@@ -7,7 +7,9 @@ module, model, trainer, loggers), data (cache checked and loaded, the split made
 (the epochs' batches), validation (the loops after each epoch, metrics included), checkpoints
 (`trainer.save_checkpoint`: state gathered, serialised, written), logging (the loggers' calls),
 the rest of fit (Lightning's loop, other callbacks, the progress bar) and finishing (after fit, up
-to metrics.json); the resident memory at each epoch's end and the process's peak. Each second
+to metrics.json); the resident memory at each epoch's end and the process's peak; the process that
+ran the job (pid) and the job's wall-clock interval (began_at, from its start-up, to ended_at, in
+seconds since the epoch), which say where and when the jobs of a parallel sweep ran. Each second
 counts in one phase only: a checkpoint written during validation counts as a checkpoint. The
 interpreter's exit after metrics.json is not in it (`bench/job_speed.py` measures it from outside).
 metrics.json stays as it was: sweeps, `aer.compare` and the report read every number in it.
@@ -158,6 +160,9 @@ class JobTiming(pl.Callback):
         if self.started is not None:
             out["startup_s"] = round(self._t0_wall - self.started, 3)
         out["total_s"] = round(sum(v for k, v in out.items() if k.endswith("_s")), 3)
+        out["pid"] = os.getpid()
+        out["began_at"] = round(_previous_end - out["total_s"], 3)
+        out["ended_at"] = round(_previous_end, 3)
         out["epochs_rss_mb"] = list(self.rss_mb)
         out["peak_rss_mb"] = round(peak_rss_mb(), 1)
         return out
