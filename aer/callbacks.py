@@ -1,4 +1,4 @@
-"""Callbacks that every aer run uses: training throughput and metric history."""
+"""Callbacks that aer runs use: training throughput, metric history, the heap, divergence, the EMA of weights."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import statistics
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EMAWeightAveraging
 
 
 class Throughput(pl.Callback):
@@ -142,3 +143,17 @@ class Divergence(pl.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.first_loss = state.get("first_loss")
         self.epoch_losses = list(state.get("epoch_losses", []))
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights (aer's `ema.*`), updated after every optimizer step also where the
+    training data serves blocks of several batches (data.steps_per_fetch > 1): the Tagger then calls
+    `after_optimizer_step` after each of a block's steps, as Lightning calls on_train_batch_end after
+    each batch without blocks, so both give the same average. Lightning swaps the average in for
+    validation and into the checkpoints' state_dict, and copies it into the model when training ends."""
+
+    def __init__(self, decay: float, start_step: int = 0) -> None:
+        super().__init__(decay=decay, update_starting_at_step=start_step)
+
+    def after_optimizer_step(self, trainer, pl_module) -> None:
+        super().on_train_batch_end(trainer, pl_module, None, None, -1)  # updates once per optimizer step taken

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from aer.augment import add_noise, drop_frames
 from aer.data.records import EMBED_DIM, FEATURE_SCALE, MAX_FRAMES
 from aer.init import apply_init
 from aer.metrics import TaggingMetrics
@@ -23,7 +25,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Tagger(pl.LightningModule):
-    """Multi-label tagger: sigmoid cross-entropy on logits, Adam, mAP/mAUC on validation and test.
+    """Multi-label tagger: sigmoid cross-entropy on logits, Adam(W), mAP/mAUC on validation and test.
 
     Arguments are named as the config keys they come from: model=NAME with its model.* options,
     init=NAME with init.*, data.normalize, and the optim.* and augment.* sections (aer.settings
@@ -59,6 +61,7 @@ class Tagger(pl.LightningModule):
         self._loss_sum, self._loss_count = torch.zeros(()), 0  # the training epoch's running loss
         self._logged_in_block = False
         self._direct_steps: bool | None = None  # decided when a fit starts (_hooks_unused)
+        self._step_callbacks: list = []  # the trainer's callbacks called after each step of a block
         self.val_metrics = TaggingMetrics()
         self.test_metrics = TaggingMetrics()
 
@@ -108,9 +111,11 @@ class Tagger(pl.LightningModule):
     def _train_block(self, batch: dict, batch_idx: int, sizes: list[int]) -> dict[str, torch.Tensor]:
         """The optimizer steps of a block's batches, one after another, as automatic optimization takes them:
         zero_grad, backward, step, then the step-interval schedulers; the epoch-interval ones after the
-        epoch's last block. Where a callback or precision plugin implements the hooks of a step
-        (on_before_backward, on_before_optimizer_step, ...) they run for each step, through Lightning's
-        manual_backward and optimizer step; where none does, the step calls backward and the optimizer itself."""
+        epoch's last block; the callbacks with an `after_optimizer_step(trainer, module)` method are called
+        after each step (Lightning calls on_train_batch_end once a block). Where a callback or precision
+        plugin implements the hooks of a step (on_before_backward, on_before_optimizer_step, ...) they run
+        for each step, through Lightning's manual_backward and optimizer step; where none does, the step
+        calls backward and the optimizer itself."""
         opt = self.optimizers()
         parts = [dict(zip(batch, values)) for values in zip(*(
             torch.split(v, sizes) if isinstance(v, torch.Tensor) else [v] * len(sizes) for v in batch.values()))]
@@ -130,6 +135,8 @@ class Tagger(pl.LightningModule):
                     self.manual_backward(loss)
                     opt.step()
                 self._step_schedulers("step")
+                for cb in self._step_callbacks:  # e.g. the EMA of the weights, after each step as without blocks
+                    cb.after_optimizer_step(self.trainer, self)
             losses.append(loss.detach())
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self._step_schedulers("epoch")
@@ -169,6 +176,10 @@ class Tagger(pl.LightningModule):
         lengths, y = batch["lengths"], batch["y"]
         x = self.scale(batch["features"], lengths)
         aug = self.augment
+        if aug.frame_dropout > 0:
+            x, lengths = drop_frames(x, lengths, aug.frame_dropout)
+        if aug.feature_noise > 0:
+            x = add_noise(x, lengths, aug.feature_noise)
         if aug.mixup_alpha > 0:
             lam = float(torch.distributions.Beta(aug.mixup_alpha, aug.mixup_alpha).sample())
             perm = torch.randperm(len(x), device=x.device)
@@ -206,7 +217,12 @@ class Tagger(pl.LightningModule):
         return float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
 
     def on_fit_start(self) -> None:
+        if not self.automatic_optimization:  # the step loss is logged at optimizer steps, not at fetches (blocks)
+            warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
+                                    r"logging interval")
         self._direct_steps = self._hooks_unused()
+        self._step_callbacks = [cb for cb in self.trainer.callbacks
+                                if callable(getattr(cb, "after_optimizer_step", None))]
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
@@ -218,7 +234,8 @@ class Tagger(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.optim
-        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        adam = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        opt = adam(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         if hp.scheduler == "none" and hp.warmup_epochs <= 0:
             return opt
         if hp.scheduler == "step":

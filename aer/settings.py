@@ -230,6 +230,9 @@ class OptimSettings(Section):
 
     KEY: ClassVar[str] = "optim"
     lr: Annotated[float, Range(0, open_lo=True)] = 1e-3
+    # adam: weight_decay is an L2 term in the gradient (torch.optim.Adam); adamw: decoupled weight decay
+    # (Loshchilov & Hutter 2019, torch.optim.AdamW), the weights shrunk by lr * weight_decay each step
+    optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: NonNegative = 0.0
     betas: Any = field(default_factory=lambda: [0.9, 0.999])
     scheduler: Literal["none", "cosine", "step"] = "none"
@@ -241,9 +244,22 @@ class OptimSettings(Section):
 
 @dataclass
 class AugmentSettings(Section):
+    """What training does to its batches (validation and test clips are never touched)."""
+
     KEY: ClassVar[str] = "augment"
     mixup_alpha: NonNegative = 0.0
     label_smoothing: Fraction = 0.0
+    # each real frame of a training clip left out with this probability (at least one kept): the clip
+    # becomes the shorter one of its kept frames, in their order
+    frame_dropout: Fraction = 0.0
+    # Gaussian noise of this sd added to the real frames' features, on the x/255 scale the networks take
+    # (before standardisation; a dimension's sd over the training frames is about 0.1 on that scale)
+    feature_noise: NonNegative = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.frame_dropout >= 1:
+            raise ValueError(f"augment.frame_dropout={self.frame_dropout!r}: expected a probability below 1")
 
 
 @dataclass
@@ -256,6 +272,19 @@ class SwaSettings(Section):
     lr: Annotated[float, Range(0, open_lo=True)] | None = None   # constant lr while averaging (default optim.lr)
     epoch_start: Any = 0.75           # a fraction of trainer.max_epochs, or an epoch index
     annealing_epochs: Positive = 1
+
+
+@dataclass
+class EmaSettings(Section):
+    """An exponential moving average of the weights, updated after every optimizer step, as an alternative
+    to SWA (Lightning's EMAWeightAveraging): validation, the checkpoints and the run's result hold the
+    averaged weights."""
+
+    KEY: ClassVar[str] = "ema"
+    enabled: bool = False
+    decay: Annotated[float, Range(0, 1, open_lo=True)] = 0.999   # the average's weight each step (horizon
+    #                                                             about 1 / (1 - decay) steps)
+    start_step: Annotated[int, Range(0)] = 0                     # optimizer steps before averaging begins
 
 
 # ---- evaluate.py and ensemble.py
@@ -287,3 +316,10 @@ class TrainSettings(Section):
     optim: OptimSettings = field(default_factory=OptimSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     swa: SwaSettings = field(default_factory=SwaSettings)
+    ema: EmaSettings = field(default_factory=EmaSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.swa.enabled and self.ema.enabled:
+            raise ValueError("swa.enabled=true and ema.enabled=true: the run's result is one average of the "
+                             "weights; choose one")

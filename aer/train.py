@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import StochasticWeightAveraging
 
-from aer.callbacks import BestMetric, Divergence, FrozenHeap, Throughput
+from aer.callbacks import EMA, BestMetric, Divergence, FrozenHeap, Throughput
 from aer.checkpoint import AtomicCheckpointIO, load_checkpoint
 from aer.config import sections, tagger_kwargs
 from aer.launch import ddp_launch, job_state
@@ -140,6 +140,8 @@ def build(cfg: DictConfig, timing: JobTiming | None = None) -> tuple:
         callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr,
                                                    swa_epoch_start=cfg.swa.epoch_start,
                                                    annealing_epochs=cfg.swa.annealing_epochs))
+    if cfg.ema.enabled:  # validated and checkpointed with the averaged weights, which the model holds after fit
+        callbacks.append(EMA(cfg.ema.decay, cfg.ema.start_step))
     callbacks += [*ours.values(), FrozenHeap(), timing]
     ckpt_io = AtomicCheckpointIO(background=True)  # written while training goes on
     ours.update(last=last[0] if last else None, checkpoint_io=ckpt_io)

@@ -141,3 +141,37 @@ def test_a_callback_on_the_step_hooks_sees_every_step_of_a_block(demo_root, tmp_
     plain, _ = _fit(demo_root, tmp_path, 3)
     assert plain._direct_steps is True
     _assert_same_weights(hooked, plain)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_ema_is_updated_after_every_step_as_in_a_plain_loop(demo_root, tmp_path, steps):
+    from aer.callbacks import EMA
+
+    decay = 0.9
+    tagger, trainer = _fit(demo_root, tmp_path, steps, extra=(EMA(decay),))
+    dm = _dm(demo_root, tmp_path, 1)
+    dm.prepare_data()
+    dm.setup("fit")
+    ds = dm.train_dataloader().dataset
+    pl.seed_everything(SEED, verbose=False)
+    net = Tagger(model="fc", init="xavier", model_kwargs=NO_DROPOUT["fc"]).net
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    ema = None
+    sampler = EpochBatchSampler(len(ds), BATCH, True, SEED)
+    for epoch in range(EPOCHS):
+        sampler.set_epoch(epoch)
+        for idx in sampler:
+            b = ds[idx]
+            loss = F.binary_cross_entropy_with_logits(net(Tagger.scale(b["features"], b["lengths"]), b["lengths"]),
+                                                      b["y"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # the first step's weights, then decay * average + (1 - decay) * weights
+                current = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                ema = current if ema is None else {k: decay * ema[k] + (1 - decay) * current[k] for k in ema}
+    assert trainer.global_step == EPOCHS * 8
+    # after fit the model holds the average (Lightning copies it in when training ends)
+    for name, value in tagger.net.state_dict().items():
+        torch.testing.assert_close(value, ema[name], rtol=0, atol=1e-6, msg=name)
+    assert not torch.allclose(tagger.net.state_dict()["net.0.weight"], net.state_dict()["net.0.weight"], atol=1e-4)

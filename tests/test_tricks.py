@@ -11,6 +11,7 @@ from conftest import compose_cfg, train_overrides
 SMALL = {"fc": ["model.hidden=[32]"], "skiplstm": ["model.hidden=8"], "attention": ["model.hidden=32"],
          "multiattention": ["model.hidden=32"]}
 TRICKS = ["data.balanced=true", "augment.mixup_alpha=0.4", "augment.label_smoothing=0.1",
+          "augment.frame_dropout=0.2", "augment.feature_noise=0.02", "optim.optimizer=adamw", "optim.weight_decay=0.01",
           "optim.scheduler=cosine", "optim.warmup_epochs=1", "swa.enabled=true", "swa.epoch_start=1"]
 
 
@@ -38,3 +39,19 @@ def test_standardize_stats_are_stored_in_the_checkpoint(demo_root, tmp_path):
     out = model(x, torch.tensor([3, 3]))  # the mean clip maps to zeros, padding stays zero
     ref = model.net(torch.zeros(2, 10, 128), torch.tensor([3, 3]))
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_an_ema_run_validates_saves_and_returns_the_average(demo_root, tmp_path):
+    from aer.checkpoint import load_checkpoint, load_tagger
+    from aer.evaluate import run as evaluate
+
+    result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, "ema.enabled=true", "ema.decay=0.9",
+                                                      "trainer.max_epochs=3")))
+    assert result["status"] == "ok" and result["best_ckpt"].endswith("best.ckpt")
+    ckpt = load_checkpoint(result["last_ckpt"])
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]  # Lightning's WeightAveraging keeps both
+    assert not torch.equal(averaged["net.net.0.weight"], current["net.net.0.weight"])
+    assert torch.equal(load_tagger(result["last_ckpt"]).state_dict()["net.net.0.weight"], averaged["net.net.0.weight"])
+    m = evaluate(compose_cfg("evaluate", [f"ckpt={result['last_ckpt']}", "split=val",
+                                          f"paths.output_dir={tmp_path / 'eval'}"]))
+    assert m["val/mAP"] == pytest.approx(result["val/mAP"], abs=1e-6)  # validation scored the average too
