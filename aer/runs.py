@@ -71,8 +71,10 @@ class Run:
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a training run's dir; an ensemble's output (ensemble.json beside its metrics.json,
+    as experiment=best_ensemble leaves in its sweep dir) is not one."""
     path = Path(path)
-    return any((path / m).exists() for m in RUN_MARKERS)
+    return any((path / m).exists() for m in RUN_MARKERS) and not (path / "ensemble.json").exists()
 
 
 def job_key(path: str | os.PathLike) -> list[tuple]:

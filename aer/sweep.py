@@ -1,5 +1,6 @@
 """Sweep summaries: one table (markdown and CSV) of every job's metrics.json and overrides, with each
-trial's Optuna state and value in an Optuna sweep (its trials.json, written by aer.search)."""
+trial's Optuna state and value in an Optuna sweep (its trials.json, written by aer.search); and the
+ensemble of a sweep's jobs when it ends (EnsembleSweep, for experiment=best_ensemble)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import csv
 import io
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -98,3 +101,41 @@ class SweepSummary(Callback):
         failed = sum(r.get("status") not in ("ok", "pruned") for r in rows)
         log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "summary.md", len(rows), failed)
         print((sweep_dir / "summary.md").read_text())
+
+
+class EnsembleSweep(Callback):
+    """Hydra callback: when a multirun ends, ensembles its finished jobs (`ensemble.py sweep=DIR`) into
+    DIR/ensemble/: scored on the dev split (split=val) for a data.mode=dev sweep, on eval for a final one.
+
+    The members are the sweep's jobs, which the experiment that adds this callback chose on the dev split
+    (experiment=best_ensemble); `select=greedy` weighs them by forward selection on the dev split, which
+    only a dev sweep has (a final sweep averages them uniformly). The ensemble runs in a process of its
+    own, as `python ensemble.py` would, after the summary; a failure is reported and fails the command.
+    """
+
+    def __init__(self, select: str, replicates: int | None) -> None:
+        self.select, self.replicates = select, replicates
+
+    def command(self, config: DictConfig) -> list[str]:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        final = config.data.mode == "final"
+        args = [f"sweep={sweep_dir}", f"split={'eval' if final else 'val'}",
+                f"select={'none' if final else self.select}", f"hydra.run.dir={sweep_dir / 'ensemble'}",
+                f"paths.log_dir={config.paths.log_dir}"]
+        for key in ("root", "cache_dir"):  # where this sweep read its data, whatever its checkpoints recorded
+            if config.data.get(key):
+                args.append(f"data.{key}={config.data[key]}")
+        if self.replicates is not None:
+            args.append(f"bootstrap.replicates={self.replicates}")
+        return [sys.executable, "-c", "from aer.cli import ensemble; ensemble()", *args]
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():
+            return
+        log.info("ensembling the sweep's jobs into %s", sweep_dir / "ensemble")
+        proc = subprocess.run(self.command(config), text=True, capture_output=True)
+        print(proc.stdout, end="", flush=True)
+        if proc.returncode != 0:
+            last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+            raise RuntimeError(f"the ensemble of sweep {sweep_dir} failed: {last}")

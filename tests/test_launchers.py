@@ -137,3 +137,42 @@ def test_slurm_ddp_preset_sizes_the_allocation_from_the_trainer(tmp_path, fake_s
     script = _sbatch_script(cfg, tmp_path / "sweep" / ".submitit" / "%j")
     for flag in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--signal=USR2@120"):
         assert f"#SBATCH {flag}" in script, (flag, script)
+
+
+@pytest.mark.slow
+def test_best_ensemble_trains_its_members_and_ensembles_them_in_one_command(demo_root, tmp_path):
+    """experiment=best_ensemble: a multirun without -m, then aer.sweep.EnsembleSweep on the dev split."""
+    args = ("experiment=best_ensemble", "hydra.sweeper.params.seed='1,2'", "model.hidden=16", "swa.epoch_start=1",
+            *JOB_ARGS, "trainer.max_epochs=2", "hydra.callbacks.ensemble.replicates=20")
+    proc = run_script("train.py", *args, f"data.root={demo_root}", f"paths.log_dir={tmp_path}", timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    _jobs_ok(sweep, 2)
+    ens = json.loads((sweep / "ensemble" / "ensemble.json").read_text())
+    assert ens["split"] == "val" and len(ens["members"]) == 2
+    assert [Path(m["ckpt"]).parts[-3] for m in ens["members"]] == ["0", "1"]
+    assert all(m["ckpt"].endswith("swa.ckpt") for m in ens["members"])  # experiment=best: SWA's averaged weights
+    metrics = json.loads((sweep / "ensemble" / "metrics.json").read_text())
+    assert metrics["val/mAP_ci_low"] <= metrics["val/mAP"] <= metrics["val/mAP_ci_high"]
+    assert "ensemble of 2 on split=val" in proc.stdout
+
+
+@pytest.mark.parametrize("mode, split, select", [("dev", "val", "greedy"), ("final", "eval", "none")])
+def test_the_sweep_ensemble_scores_dev_sweeps_on_val_and_final_ones_on_eval(tmp_path, mode, split, select):
+    from omegaconf import OmegaConf
+
+    from aer.runs import is_run_dir
+    from aer.sweep import EnsembleSweep
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "paths": {"log_dir": "/logs"},
+                            "data": {"mode": mode, "root": "/data", "cache_dir": None}})
+    args = EnsembleSweep(select="greedy", replicates=None).command(cfg)
+    assert f"split={split}" in args and f"select={select}" in args  # greedy selection needs the dev split
+    assert f"hydra.run.dir={tmp_path / 'ensemble'}" in args and "data.root=/data" in args
+    assert not any(a.startswith(("data.cache_dir", "bootstrap.")) for a in args)
+    out = tmp_path / "ensemble"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert is_run_dir(out)
+    (out / "ensemble.json").write_text("{}")
+    assert not is_run_dir(out), "the sweep's ensemble is not one of its training jobs"
