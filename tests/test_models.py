@@ -108,6 +108,8 @@ def test_transformer_positions_cover_max_frames_and_the_class_token(pool):
     fixed = build_net("transformer", d_model=16, heads=2, ff_dim=32, pool=pool, positions="sinusoidal")
     assert fixed.positions.shape == (1, T + (pool == "cls"), 16)
     assert "positions" not in fixed.state_dict()  # rebuilt from the settings, not stored
+    build_net("transformer", d_model=16, heads=2, ff_dim=32, pool=pool, positions="sinusoidal").load_state_dict(
+        fixed.state_dict())
     assert build_net("transformer", d_model=16, heads=2, ff_dim=32, positions="none").positions is None
     with pytest.raises(ValueError, match="max_frames=7"):
         learned(torch.randn(2, 8, D), torch.tensor([8, 3]))
