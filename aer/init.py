@@ -1,10 +1,13 @@
 """Weight initialisation schemes applied uniformly across a network.
 
-Every scheme but ``default`` initialises each ``nn.Linear`` weight and each
+Every scheme but ``default`` initialises each ``nn.Linear`` weight, each
 ``nn.LSTM`` ``weight_ih_l*`` / ``weight_hh_l*`` (one gate block of
 ``hidden_size`` rows at a time, so fan-in/fan-out and orthogonality are per
-gate, not over the stacked 4 gates), zeroes their biases, and resets BatchNorm
-to weight 1, bias 0. ``default`` keeps PyTorch's own initialisation.
+gate, not over the stacked 4 gates) and each ``nn.MultiheadAttention`` input
+projection (query, key and value one at a time, likewise), zeroes their biases,
+and resets BatchNorm and LayerNorm to weight 1, bias 0. Other parameters (a
+transformer's positions and class token) keep their own initialisation.
+``default`` keeps PyTorch's own initialisation.
 """
 
 from collections.abc import Callable
@@ -53,9 +56,20 @@ def _init_weights(module: nn.Module, init: TensorInit, **kwargs: Any) -> None:
                         init(gate, **kwargs)
                 elif pname.startswith("bias"):
                     p.zero_()
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            m.weight.fill_(1.0)
-            m.bias.zero_()
+        elif isinstance(m, nn.MultiheadAttention):  # its out_proj is an nn.Linear, met on its own
+            if m.in_proj_weight is not None:  # query, key and value stacked
+                for block in m.in_proj_weight.chunk(3, dim=0):
+                    init(block, **kwargs)
+            else:
+                for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight):
+                    init(w, **kwargs)
+            if m.in_proj_bias is not None:
+                m.in_proj_bias.zero_()
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+            if m.weight is not None:
+                m.weight.fill_(1.0)
+            if m.bias is not None:
+                m.bias.zero_()
 
 
 # None: PyTorch's own initialisation, untouched

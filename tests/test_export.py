@@ -29,6 +29,9 @@ FORMATS = [pytest.param("onnx", marks=pytest.mark.skipif(
 # Tagger's normalisation inside the graph)
 NET_OVERRIDES = {
     "attention": ["model=attention"],
+    "featattention": ["model=featattention", "model.hidden=64"],
+    "transformer": ["model=transformer", "model.d_model=32", "model.ff_dim=64", "model.pool=cls",
+                    "data.normalize=standardize"],
     "multiattention": ["model=multiattention", "data.normalize=standardize"],
     "skiplstm": ["model=skiplstm", "model.packed=true", "model.pool=mean", "model.hidden=32",
                  "data.normalize=standardize"],

@@ -193,3 +193,44 @@ def test_unknown_option_rejected_before_any_change(name):
     with pytest.raises(ValueError, match="init.sdt: not a setting here"):
         apply_init(layer, name, sdt=0.1)
     assert torch.equal(layer.weight, before)
+
+
+# --- transformer: attention projections one at a time, LayerNorm ---------------
+
+def test_xavier_attention_per_projection():
+    mha = nn.MultiheadAttention(256, 4, batch_first=True)
+    apply_init(mha, "xavier")
+    for block in mha.in_proj_weight.detach().chunk(3, dim=0):
+        # over the stacked (768, 256) matrix Xavier would give sqrt(2 / 1024), visibly smaller
+        assert_std(block, math.sqrt(2 / (256 + 256)))
+    assert torch.count_nonzero(mha.in_proj_bias) == 0 and torch.count_nonzero(mha.out_proj.bias) == 0
+
+
+def test_attention_with_separate_projections():
+    mha = nn.MultiheadAttention(64, 4, kdim=32, vdim=48)
+    apply_init(mha, "kaiming")
+    for w, fan_in in ((mha.q_proj_weight, 64), (mha.k_proj_weight, 32), (mha.v_proj_weight, 48)):
+        assert w.abs().max() <= math.sqrt(6 / fan_in)
+
+
+@pytest.mark.parametrize("pool", ["attention", "cls"])
+@pytest.mark.parametrize("name", sorted(set(INITS) - {"default"}))
+def test_every_weight_of_a_transformer(name, pool):
+    net = build_net("transformer", d_model=32, heads=4, ff_dim=64, pool=pool)
+    for m in net.modules():
+        if isinstance(m, nn.LayerNorm):
+            nn.init.uniform_(m.weight)
+            nn.init.uniform_(m.bias)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    apply_init(net, name)
+    kept = {"positions", "cls_token"}  # their own truncated-normal initialisation
+    for n, p in net.named_parameters():
+        if n in kept:
+            assert torch.equal(p, before[n]), n
+        elif n.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, n
+        elif "norm" in n:  # LayerNorm weight
+            assert torch.all(p == 1), n
+        else:
+            assert not torch.equal(p, before[n]), n
+    assert kept & set(before) == ({"positions", "cls_token"} if pool == "cls" else {"positions"})

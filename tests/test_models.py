@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from aer.models import NETS, DecisionAttention, MultiLevelAttention, build_net
+from aer.models import NETS, DecisionAttention, FeatureAttention, MultiLevelAttention, build_net
 from aer.settings import MODELS
 from conftest import compose_cfg
 
@@ -81,6 +81,48 @@ def test_multiattention_shapes(levels):
     assert net.classify.in_features == levels * 32
 
 
+@pytest.mark.parametrize("attention", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_featattention_shapes(attention, layers):
+    net = build_net("featattention", hidden=32, layers=layers, attention=attention, num_classes=20)
+    assert out_shape(net) == (B, 20)
+    assert sum(isinstance(m, nn.Linear) for m in net.embed) == layers
+
+
+@pytest.mark.parametrize("pool", ["attention", "cls", "mean"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "none"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_transformer_shapes(pool, positions, layers):
+    net = build_net("transformer", d_model=16, heads=2, ff_dim=32, layers=layers, pool=pool, positions=positions,
+                    num_classes=20)
+    assert out_shape(net) == (B, 20)
+    assert len(net.encoder.layers) == layers
+    assert all(layer.norm_first and layer.self_attn.batch_first for layer in net.encoder.layers)
+
+
+@pytest.mark.parametrize("pool", ["attention", "cls"])
+def test_transformer_positions_cover_max_frames_and_the_class_token(pool):
+    learned = build_net("transformer", d_model=16, heads=2, ff_dim=32, pool=pool, max_frames=7)
+    assert learned.positions.shape == (1, 7 + (pool == "cls"), 16)
+    assert "positions" in dict(learned.named_parameters())
+    fixed = build_net("transformer", d_model=16, heads=2, ff_dim=32, pool=pool, positions="sinusoidal")
+    assert fixed.positions.shape == (1, T + (pool == "cls"), 16)
+    assert "positions" not in fixed.state_dict()  # rebuilt from the settings, not stored
+    build_net("transformer", d_model=16, heads=2, ff_dim=32, pool=pool, positions="sinusoidal").load_state_dict(
+        fixed.state_dict())
+    assert build_net("transformer", d_model=16, heads=2, ff_dim=32, positions="none").positions is None
+    with pytest.raises(ValueError, match="max_frames=7"):
+        learned(torch.randn(2, 8, D), torch.tensor([8, 3]))
+
+
+def test_transformer_builds_without_warnings(recwarn):
+    net = build_net("transformer", d_model=16, heads=2, ff_dim=32).eval()
+    with torch.no_grad():  # the fast path of eval mode
+        net(padded_batch(), LENGTHS)
+    net.train()(padded_batch(), LENGTHS)
+    assert not [str(w.message) for w in recwarn.list]
+
+
 def test_shorter_than_max_frames_is_padded():
     lengths = torch.tensor([2, 5])
     x = torch.randn(2, 5, D)
@@ -97,6 +139,25 @@ def test_too_many_frames_rejected():
 
 
 # --- architecture ---------------------------------------------------------
+
+def test_default_featattention_has_the_papers_sizes():
+    net = build_net("featattention")
+    h = 1024
+    embed = (128 * h + h + 2 * h) + 2 * (h * h + h + 2 * h)  # Linear + BatchNorm, three times
+    pooling = 2 * (h * h + h) + 2 * h  # value and attention maps, BatchNorm
+    assert sum(p.numel() for p in net.parameters()) == embed + pooling + h * C + C == 4_878_863
+    assert [type(m) for m in net.embed] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout] * 3
+    assert net.embed[3].p == 0.5 and net.attention == "sigmoid"
+
+
+def test_default_transformer_size():
+    net = build_net("transformer")
+    d, ff = 256, 512
+    layer = (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * 2 * d
+    expected = (128 * d + d) + T * d + 2 * layer + 2 * d + d + (d * C + C)  # ... final LayerNorm, pool score
+    assert sum(p.numel() for p in net.parameters()) == expected == 1_225_999
+    assert net.encoder.layers[0].self_attn.num_heads == 4 and net.encoder.layers[0].dropout.p == 0.2
+
 
 def test_default_fc_is_the_report_model():
     net = build_net("fc")
@@ -151,6 +212,14 @@ MASKING_NETS = {
     "attention-softmax": lambda: build_net("attention", hidden=32, attention="softmax"),
     "attention-sigmoid": lambda: build_net("attention", hidden=32, attention="sigmoid"),
     "multiattention": lambda: build_net("multiattention", hidden=32, levels=3),
+    "featattention-sigmoid": lambda: build_net("featattention", hidden=32, attention="sigmoid"),
+    "featattention-softmax": lambda: build_net("featattention", hidden=32, attention="softmax"),
+    **{
+        f"transformer-{pool}-{positions}": (lambda pool=pool, positions=positions: build_net("transformer",
+            d_model=16, heads=2, ff_dim=32, layers=2, pool=pool, positions=positions))
+        for pool in ("attention", "cls", "mean")
+        for positions in ("learned", "sinusoidal", "none")
+    },
     **{
         f"skiplstm-packed-{pool}-skip{skip}": (lambda pool=pool, skip=skip: build_net("skiplstm",
             hidden=8, layers=2, skip=skip, packed=True, pool=pool))
@@ -173,11 +242,27 @@ def test_padded_frames_do_not_matter(name):
     torch.testing.assert_close(net(dirty[:1, :1], LENGTHS[:1]), net(dirty[:1], LENGTHS[:1]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cls", [DecisionAttention, MultiLevelAttention])
+@pytest.mark.parametrize("grad", [True, False])  # without autograd, torch's transformer layers take a fused path
+@pytest.mark.parametrize("name", sorted(MASKING_NETS))
+def test_a_clip_alone_gives_its_output_in_a_longer_batch(name, grad):
+    # each clip cut to its own length and scored alone: the same logits as in the batch padded to T frames
+    net = MASKING_NETS[name]().eval()
+    x = padded_batch(garbage=True)
+    with torch.set_grad_enabled(grad):
+        batched = net(x, LENGTHS)
+        for i, n in enumerate(LENGTHS.tolist()):
+            torch.testing.assert_close(net(x[i:i + 1, :n], LENGTHS[i:i + 1]), batched[i:i + 1], rtol=1e-5,
+                                       atol=1e-5)
+        if not grad:  # the fused path gives what the training path gives
+            with torch.enable_grad():
+                torch.testing.assert_close(net(x, LENGTHS), batched, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [DecisionAttention, MultiLevelAttention, FeatureAttention])
 def test_batchnorm_statistics_ignore_padding(cls):
     # In training mode BatchNorm normalises with batch statistics; they must come from real frames only.
-    net = build_net({DecisionAttention: "attention", MultiLevelAttention: "multiattention"}[cls], hidden=32,
-                    dropout=0.0).train()
+    name = {DecisionAttention: "attention", MultiLevelAttention: "multiattention", FeatureAttention: "featattention"}
+    net = build_net(name[cls], hidden=32, dropout=0.0).train()
     clean = padded_batch()
     dirty = padded_batch(garbage=True)
     dirty[torch.arange(T) < LENGTHS[:, None]] = clean[torch.arange(T) < LENGTHS[:, None]]
@@ -194,6 +279,18 @@ def test_attention_logits_are_logit_of_pooled_probability():
     a = torch.sigmoid(net.attend(h)) * mask[..., None]
     expected = (a / a.sum(1, keepdim=True) * p).sum(1)
     torch.testing.assert_close(torch.sigmoid(logits), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["sigmoid", "softmax"])
+def test_featattention_pools_each_feature_with_its_own_weights(attention):
+    net = build_net("featattention", hidden=16, layers=2, num_classes=7, attention=attention).eval()
+    x = padded_batch()
+    mask = torch.arange(T) < LENGTHS[:, None]
+    h = net.embed(x.reshape(-1, D)).reshape(B, T, -1)
+    score = net.attend(h)
+    a = (torch.sigmoid(score) if attention == "sigmoid" else score.exp()) * mask[..., None]
+    pooled = (a / a.sum(1, keepdim=True) * net.value(h)).sum(1)
+    torch.testing.assert_close(net(x, LENGTHS), net.classify(net.head(pooled)), rtol=1e-5, atol=1e-5)
 
 
 def test_attention_logits_finite_when_saturated():
@@ -218,6 +315,11 @@ GRAD_CASES = [
     ("attention", {"hidden": 32}),
     ("attention", {"hidden": 32, "attention": "sigmoid"}),
     ("multiattention", {"hidden": 32}),
+    ("featattention", {"hidden": 32}),
+    ("featattention", {"hidden": 32, "attention": "softmax", "batch_norm": False}),
+    ("transformer", {"d_model": 16, "heads": 2, "ff_dim": 32}),
+    ("transformer", {"d_model": 16, "heads": 2, "ff_dim": 32, "pool": "cls", "layers": 3}),
+    ("transformer", {"d_model": 16, "heads": 4, "ff_dim": 32, "pool": "mean", "positions": "sinusoidal"}),
 ]
 
 
@@ -238,16 +340,20 @@ def test_gradients_flow(name, kwargs):
 
 # --- registry -------------------------------------------------------------
 
+TINY = {"fc": {"hidden": [8]}, "transformer": {"d_model": 8, "heads": 2, "ff_dim": 16}}
+
+
 def test_registry_keys_are_the_model_config_names():
     """What users type (`model=NAME`) is the name build_net builds, defined in aer/models/NAME.py."""
     for name, cls in NETS.items():
         assert cls.__module__ == f"aer.models.{name}", name
-        assert type(build_net(name, hidden=[8] if name == "fc" else 8)) is cls
+        assert type(build_net(name, **TINY.get(name, {"hidden": 8}))) is cls
         assert compose_cfg("train", [f"model={name}"]).model.name == name
 
 
 def test_build_net_unknown_name():
-    with pytest.raises(ValueError, match="'lstm'.*expected one of attention, fc, multiattention, skiplstm"):
+    names = "attention, fc, featattention, multiattention, skiplstm, transformer"
+    with pytest.raises(ValueError, match=f"'lstm'.*expected one of {names}"):
         build_net("lstm")
 
 
@@ -266,6 +372,11 @@ def test_build_net_unknown_options():
         ("skiplstm", {"layers": 0}, "layers"),
         ("attention", {"attention": "tanh"}, "attention.*softmax, sigmoid"),
         ("multiattention", {"levels": 0}, "levels"),
+        ("featattention", {"attention": "tanh"}, "attention.*sigmoid, softmax"),
+        ("featattention", {"layers": 0}, "layers"),
+        ("transformer", {"pool": "max"}, "pool.*attention, cls, mean"),
+        ("transformer", {"positions": "rotary"}, "positions.*learned, sinusoidal, none"),
+        ("transformer", {"heads": 3}, "model.heads=3: expected a divisor of model.d_model=256"),
     ],
 )
 def test_bad_option_values(name, kwargs, match):

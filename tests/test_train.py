@@ -186,7 +186,7 @@ def test_failed_job_is_recorded_and_sweep_goes_on(demo_root, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override,needle", [
-    ("model=transformer", "Available options in 'model'"),
+    ("model=conformer", "Available options in 'model'"),
     ("init=zeros", "Available options in 'init'"),
     ("data.batch_size=-5", "data.batch_size=-5: expected a positive integer"),
     ("data.mode=test", "data.mode='test': expected one of dev, final"),

@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aer.checkpoint import load_tagger
+from aer.models import NETS
 from aer.train import run
 from conftest import compose_cfg, train_overrides
 
 SMALL = {"fc": ["model.hidden=[32]"], "skiplstm": ["model.hidden=8"], "attention": ["model.hidden=32"],
-         "multiattention": ["model.hidden=32"]}
+         "multiattention": ["model.hidden=32"], "featattention": ["model.hidden=32"],
+         "transformer": ["model.d_model=16", "model.heads=2", "model.ff_dim=32"]}
 TRICKS = ["data.balanced=true", "augment.mixup_alpha=0.4", "augment.label_smoothing=0.1",
           "augment.frame_dropout=0.2", "augment.feature_noise=0.02", "optim.optimizer=adamw", "optim.weight_decay=0.01",
-          "optim.scheduler=cosine", "optim.warmup_epochs=1", "swa.enabled=true", "swa.epoch_start=1"]
+          "optim.scheduler=cosine", "optim.warmup_epochs=1", "swa.enabled=true", "swa.epoch_start=1",
+          "data.normalize=standardize"]
 
 
 # fc in the fast set; the other networks' three-epoch runs with every trick are slow
@@ -23,6 +27,8 @@ def test_every_trick_with_every_model(model, demo_root, tmp_path):
     assert result["status"] == "ok"
     assert result["best_ckpt"].endswith("swa.ckpt")
     assert 0 < result["val/mAP"] <= 1
+    tagger = load_tagger(result["best_ckpt"])  # rebuilt from the checkpoint alone
+    assert type(tagger.net) is NETS[model] and not torch.all(tagger.input_std == 1)
 
 
 def test_standardize_stats_are_stored_in_the_checkpoint(demo_root, tmp_path):

@@ -13,15 +13,19 @@ from torch import nn
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES
 from aer.models.attention import DecisionAttention
 from aer.models.fc import FC
+from aer.models.featattention import FeatureAttention
 from aer.models.multiattention import MultiLevelAttention
 from aer.models.skiplstm import SkipLSTM
+from aer.models.transformer import Transformer
 from aer.settings import MODELS
 
 NETS: dict[str, type[nn.Module]] = {
     "attention": DecisionAttention,
     "fc": FC,
+    "featattention": FeatureAttention,
     "multiattention": MultiLevelAttention,
     "skiplstm": SkipLSTM,
+    "transformer": Transformer,
 }
 
 
@@ -34,4 +38,5 @@ def build_net(name: str, *, num_classes: int = NUM_CLASSES, in_dim: int = EMBED_
     return NETS[name](num_classes=num_classes, in_dim=in_dim, max_frames=max_frames, **settings)
 
 
-__all__ = ["NETS", "DecisionAttention", "FC", "MultiLevelAttention", "SkipLSTM", "build_net"]
+__all__ = ["NETS", "DecisionAttention", "FC", "FeatureAttention", "MultiLevelAttention", "SkipLSTM", "Transformer",
+           "build_net"]
