@@ -104,8 +104,11 @@ def _cases(tmp: Path, demo: Path, ckpt: Path) -> list[Case]:
     cases += [Case("Config", f"`{o}`", [*train, o], f"python train.py {o}") for o in (
         "data.mode=weird", "data.normalize=zscore", "data.train_split=everything", "data.val_fraction=2",
         "data.batch_size=0", "model=transformerx", "model.hidden=-3", "model.foo=1", "init=glorot", "optim.lr=-1",
-        "optim.scheduler=linear", "augment.mixup_alpha=-1", "augment.label_smoothing=2", "trainer.max_epochs=0",
+        "optim.scheduler=linear", "augment.mixup_alpha=-1", "augment.label_smoothing=2", "augment.frame_dropout=1",
+        "optim.optimizer=sgd", "trainer.max_epochs=0",
         "trainer.limit_train_batches=0", "trainer.gradient_clip_val=1", "seed=abc", "data.mode=[")]
+    cases += [Case("Config", "`swa.enabled=true ema.enabled=true`", [*train, "swa.enabled=true", "ema.enabled=true"],
+                   "python train.py swa.enabled=true ema.enabled=true")]
     cases += [
         Case("Training", "a run that would train no step", [*train, "data.batch_size=5000", "data.drop_last=true"],
              "python train.py data.batch_size=5000 data.drop_last=true"),
