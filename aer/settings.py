@@ -244,6 +244,9 @@ class AugmentSettings(Section):
     KEY: ClassVar[str] = "augment"
     mixup_alpha: NonNegative = 0.0
     label_smoothing: Fraction = 0.0
+    # training targets only: every positive class's ancestors in data.root/ontology.json (transitively, also
+    # through nodes that are not classes) are made positive too; validation and test labels are never changed
+    ontology_targets: bool = False
 
 
 @dataclass
@@ -256,6 +259,31 @@ class SwaSettings(Section):
     lr: Annotated[float, Range(0, open_lo=True)] | None = None   # constant lr while averaging (default optim.lr)
     epoch_start: Any = 0.75           # a fraction of trainer.max_epochs, or an epoch index
     annealing_epochs: Positive = 1
+
+
+@dataclass
+class DistillSettings(Section):
+    """Knowledge distillation: the student's loss is (1 - weight)·BCE(logits, labels) + weight·BCE(logits, p),
+    p the teachers' mean probability of each class on each training clip (aer.distill: computed once, cached).
+    Teachers are given as ensemble.py's members are; none (the default): no distillation."""
+
+    KEY: ClassVar[str] = "distill"
+    ckpts: Any = field(default_factory=list)   # teacher checkpoints
+    sweep: str | None = None                   # a train.py -m sweep dir: every finished job's checkpoint
+    weight: Fraction = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.ckpts, str):
+            self.ckpts = [self.ckpts]
+        if not isinstance(self.ckpts, (list, tuple)) or not all(isinstance(c, str) for c in self.ckpts):
+            raise ValueError(f"distill.ckpts={self.ckpts!r}: expected a list of checkpoint paths, "
+                             f"e.g. distill.ckpts=[a.ckpt,b.ckpt]")
+        self.ckpts = list(self.ckpts)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ckpts or self.sweep)
 
 
 # ---- evaluate.py and ensemble.py
@@ -287,3 +315,4 @@ class TrainSettings(Section):
     optim: OptimSettings = field(default_factory=OptimSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     swa: SwaSettings = field(default_factory=SwaSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
