@@ -119,19 +119,21 @@ def test_validation_labels_are_never_propagated(demo_root, tmp_path):
         assert plain._loss(batch, "loggers") != onto._loss(batch, "loggers")
 
 
-def test_training_with_ontology_targets_records_it_and_resumes(demo_root, tmp_path, caplog):
+def test_training_with_new_targets_records_them_and_resumes(teacher, demo_root, tmp_path, caplog):
     out = tmp_path / "run"
-    first = run(compose_cfg("train", train_overrides(demo_root, out, "augment.ontology_targets=true", *SMALL)))
+    options = ["augment.ontology_targets=true", f"distill.ckpts=[{teacher}]", "model.hidden=[16]"]
+    first = run(compose_cfg("train", train_overrides(demo_root, out, *options, "trainer.max_epochs=1")))
     assert first["status"] == "ok"
     ckpt = load_checkpoint(first["last_ckpt"])
     assert ckpt["hyper_parameters"]["augment"]["ontology_targets"] is True
-    assert not any("ancestors" in k for k in ckpt["state_dict"])  # handed over at fit start, never saved
-    model = load_tagger(first["last_ckpt"])  # inference needs no ontology
+    assert ckpt["hyper_parameters"]["distill"]["ckpts"] == [str(teacher)]
+    assert not any("ancestors" in k or "teacher" in k for k in ckpt["state_dict"])  # handed over, never saved
+    model = load_tagger(first["last_ckpt"])  # inference needs no ontology and no teachers
     assert model.ancestors is None and model.predict_proba(torch.zeros(1, 10, 128, dtype=torch.uint8),
                                                            torch.tensor([10])).shape == (1, 527)
-    resumed = run(compose_cfg("train", train_overrides(demo_root, out, "augment.ontology_targets=true",
-                                                       "model.hidden=[16]", "ckpt_path=last")))
-    assert resumed["status"] == "ok" and resumed["epochs"] == 2
+    caplog.set_level(logging.INFO, logger="aer.distill")
+    resumed = run(compose_cfg("train", train_overrides(demo_root, out, *options, "ckpt_path=last")))
+    assert resumed["status"] == "ok" and resumed["epochs"] == 2 and "read from" in caplog.text
 
 
 # ---- distillation
@@ -275,3 +277,14 @@ def test_distill_settings_are_checked():
         _tagger(distill={"ckpts": ["a.ckpt"], "weight": 1.5})
     with pytest.raises(ValueError, match=r"distill.ckpts=\[3\]: expected a list of checkpoint paths"):
         _tagger(distill={"ckpts": [3]})
+
+
+@pytest.mark.parametrize("kwargs, message", [({"augment": {"ontology_targets": True}}, "no ancestor matrix"),
+                                             ({"distill": {"ckpts": ["t.ckpt"]}}, "no teacher targets")])
+def test_a_tagger_fit_without_its_targets_handed_over_says_so(demo_root, tmp_path, kwargs, message):
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         max_epochs=1)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(_tagger(**kwargs), datamodule=_demo_dm(demo_root, tmp_path))
