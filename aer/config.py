@@ -54,7 +54,8 @@ def sections(cfg: DictConfig) -> dict[str, Section]:
     """Every section of a train config built (and so validated) from aer.settings, before any work."""
     top = plain({k: cfg.get(k) for k in ("task_name", "seed", "tags", "threads", "ckpt_path", "compile")})
     out = {
-        "train": TrainSettings.build({**top, **{k: plain(cfg[k]) for k in ("optim", "augment", "swa", "ema")}}),
+        "train": TrainSettings.build({**top, **{k: plain(cfg[k]) for k in ("optim", "augment", "swa", "ema",
+                                                                             "distill")}}),
         "data": DataSettings.build(plain(cfg.data)),
         "model": MODELS[cfg.model.name].build(plain(cfg.model)),
         "init": INITS[cfg.init.name].build(plain(cfg.init)),
@@ -80,4 +81,4 @@ def tagger_kwargs(cfg: DictConfig) -> dict:
     """The Tagger's arguments from a train config, as plain values (they go into the checkpoint)."""
     return {"model": cfg.model.name, "model_kwargs": plain(cfg.model), "init": cfg.init.name,
             "init_kwargs": plain(cfg.init), "normalize": cfg.data.normalize,
-            "optim": plain(cfg.optim), "augment": plain(cfg.augment)}
+            "optim": plain(cfg.optim), "augment": plain(cfg.augment), "distill": plain(cfg.distill)}

@@ -33,16 +33,17 @@ SELECTION_SPLIT = "val"  # ensembles are chosen on the dev split; eval stays uns
 
 
 # ---- members
-def sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
+def sweep_checkpoints(sweep_dir: str | Path, key: str = "sweep") -> list[Path]:
     """The result checkpoint of every finished job under `sweep_dir`, in job order; others are skipped.
 
     Jobs are aer.runs' run dirs; a finished one has metrics.json with status ok (train.py writes it
     last; a failed or diverged job says so there). Its checkpoint is aer.runs.Run.result_checkpoint:
-    metrics.json's best_ckpt, else checkpoints/best.ckpt, final.ckpt, then the last epoch's.
+    metrics.json's best_ckpt, else checkpoints/best.ckpt, final.ckpt, then the last epoch's. `key`: the
+    setting the folder was given as, for the errors.
     """
     root = Path(sweep_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"sweep={root}: no such directory (expected a train.py -m sweep dir)")
+        raise FileNotFoundError(f"{key}={root}: no such directory (expected a train.py -m sweep dir)")
     found = []
     for run in find_runs(root):
         if run.status != "ok":
@@ -54,24 +55,26 @@ def sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
             continue
         found.append(ckpt.resolve())
     if not found:
-        raise FileNotFoundError(f"sweep={root}: no finished job with a checkpoint (looked for metrics.json "
+        raise FileNotFoundError(f"{key}={root}: no finished job with a checkpoint (looked for metrics.json "
                                 f"with status ok and checkpoints/{{best,final,last}}.ckpt in its job folders)")
     log.info("sweep %s: %d members", root, len(found))
     return found
 
 
-def member_paths(cfg: DictConfig) -> list[Path]:
-    """ckpts (in order), then the sweep's checkpoints; relative paths are taken from the user's cwd."""
-    ckpts = cfg.get("ckpts")
+def member_paths(ckpts, sweep: str | None, prefix: str = "") -> list[Path]:
+    """`ckpts` (in order), then the checkpoints of the sweep dir `sweep`; relative paths are taken from the
+    user's cwd. `prefix`: where the two settings live (ensemble.py's are top-level, train.py's `distill.`)."""
     if isinstance(ckpts, str):
         ckpts = [ckpts]
     elif ckpts is not None and not isinstance(ckpts, (ListConfig, list, tuple)):
-        raise ValueError(f"ckpts={ckpts!r}: expected a list of checkpoint paths, e.g. ckpts=[a.ckpt,b.ckpt]")
+        raise ValueError(f"{prefix}ckpts={ckpts!r}: expected a list of checkpoint paths, "
+                         f"e.g. {prefix}ckpts=[a.ckpt,b.ckpt]")
     paths = [Path(to_absolute_path(str(c))).resolve() for c in ckpts or []]
-    if cfg.get("sweep"):
-        paths += sweep_checkpoints(to_absolute_path(str(cfg.sweep)))
+    if sweep:
+        paths += sweep_checkpoints(to_absolute_path(str(sweep)), f"{prefix}sweep")
     if not paths:
-        raise ValueError("ckpts and sweep are both empty: give ckpts=[a.ckpt,b.ckpt,...] and/or sweep=DIR")
+        raise ValueError(f"{prefix}ckpts and {prefix}sweep are both empty: give {prefix}ckpts=[a.ckpt,b.ckpt,...] "
+                         f"and/or {prefix}sweep=DIR")
     return paths
 
 
@@ -237,7 +240,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     check_config(cfg)
     split, select = cfg.split, cfg.select
-    paths = member_paths(cfg)
+    paths = member_paths(cfg.get("ckpts"), cfg.get("sweep"))
     weights = given_weights(cfg, len(paths))
     members = _Members(paths, data_overrides(cfg))
     selection, kept = None, {}  # kept: selection-split predictions, reused when the scored split is the same

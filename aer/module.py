@@ -16,12 +16,41 @@ from aer.metrics import TaggingMetrics
 from aer.models import build_net
 from aer.models.skiplstm import frame_mask
 from aer.schema import check
-from aer.settings import AugmentSettings, DataSettings, OptimSettings
+from aer.settings import AugmentSettings, DataSettings, DistillSettings, OptimSettings
 from aer.utils import error_line
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class TeacherTargets:
+    """A teacher ensemble's probabilities (N, C) of the training clips at `rows` of the training split's
+    arrays (of `clips` rows), looked up by a batch's `index`. Not a buffer: it is never saved with the
+    weights, and SWA's deepcopy of the module shares it instead of copying it (it can be GBs)."""
+
+    def __init__(self, rows: torch.Tensor, probs: torch.Tensor, clips: int):
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        if rows.ndim != 1 or len(rows) != len(probs) or (len(rows) and not 0 <= int(rows.min()) <= int(rows.max())
+                                                         < clips) or len(torch.unique(rows)) != len(rows):
+            raise ValueError(f"teacher targets: {len(rows)} distinct rows in 0..{clips - 1} expected, one per "
+                             f"row of probabilities ({len(probs)})")
+        self.position = torch.full((clips,), -1, dtype=torch.int64)
+        self.position[rows] = torch.arange(len(rows))
+        self.probs = torch.as_tensor(probs)
+
+    def __deepcopy__(self, memo: dict) -> TeacherTargets:
+        return self
+
+    def lookup(self, index: torch.Tensor) -> torch.Tensor:
+        """Float probabilities (B, C) of the clips at `index`, on its device (the table moves there once)."""
+        if self.probs.device != index.device:
+            self.position, self.probs = self.position.to(index.device), self.probs.to(index.device)
+        position = self.position[index]
+        if index.device.type == "cpu" and bool((position < 0).any()):  # reading it elsewhere would sync
+            raise ValueError(f"teacher targets: no teacher probabilities for rows "
+                             f"{index[position < 0][:5].tolist()}: they were computed for other clips")
+        return self.probs[position].float()
 
 
 class Tagger(pl.LightningModule):
@@ -35,19 +64,25 @@ class Tagger(pl.LightningModule):
     The Tagger owns its inputs: it takes the uint8 features the data serves (or any 0-255 scale),
     divides them by 255 and, with normalize=standardize, standardises them with statistics stored
     in the checkpoint (`set_input_stats`). `predict_proba` is the one way to probabilities.
+
+    It owns its training targets too: the batch's labels, with augment.ontology_targets their ancestors
+    added (`set_ancestors`, handed over at fit start and not saved), mixed up and smoothed as asked, and
+    with distill.* blended with a teacher ensemble's probabilities (`set_teacher_targets`, not saved).
     """
 
     def __init__(self, model: str, init: str, model_kwargs: dict | None = None, init_kwargs: dict | None = None,
                  normalize: str = DataSettings.normalize, optim: dict | None = None, augment: dict | None = None,
-                 num_classes: int = DataSettings.num_classes, max_frames: int = MAX_FRAMES, in_dim: int = EMBED_DIM):
+                 num_classes: int = DataSettings.num_classes, max_frames: int = MAX_FRAMES, in_dim: int = EMBED_DIM,
+                 distill: dict | None = None):
         super().__init__()
         check(DataSettings, {"normalize": normalize}, "data")
         # Stored complete (defaults filled in), so a checkpoint says everything it was trained with.
         self.optim, self.augment = OptimSettings.build(optim), AugmentSettings.build(augment)
+        self.distill = DistillSettings.build(distill)
         self.save_hyperparameters(
             {"model": model, "model_kwargs": dict(model_kwargs or {}), "init": init,
              "init_kwargs": dict(init_kwargs or {}), "normalize": normalize, "optim": self.optim.as_dict(),
-             "augment": self.augment.as_dict(),
+             "augment": self.augment.as_dict(), "distill": self.distill.as_dict(),
              "num_classes": num_classes, "max_frames": max_frames, "in_dim": in_dim}, logger=False)
         try:
             self.net = build_net(model, num_classes=num_classes, in_dim=in_dim, max_frames=max_frames,
@@ -58,6 +93,10 @@ class Tagger(pl.LightningModule):
         # Standardisation statistics live in the checkpoint, so a loaded model needs no dataset.
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
+        # Training-only: the ontology's ancestor matrix (augment.ontology_targets) comes from the data at
+        # every fit (a resumed one too), never from a checkpoint, and inference needs none.
+        self.register_buffer("ancestors", None, persistent=False)
+        self.teacher: TeacherTargets | None = None
         self._loss_sum, self._loss_count = torch.zeros(()), 0  # the training epoch's running loss
         self._logged_in_block = False
         self._direct_steps: bool | None = None  # decided when a fit starts (_hooks_unused)
@@ -69,6 +108,21 @@ class Tagger(pl.LightningModule):
         """Per-dimension statistics of the training frames, on the x/255 scale (AudioSetDataModule.input_stats)."""
         self.input_mean.copy_(mean)
         self.input_std.copy_(std.clamp_min(1e-6))
+
+    def set_ancestors(self, ancestors: torch.Tensor) -> None:
+        """(C, C) bool, [c, a]: class a is class c or above it in the ontology (aer.ontology.class_ancestors)."""
+        c = self.hparams.num_classes
+        if tuple(ancestors.shape) != (c, c):
+            raise ValueError(f"augment.ontology_targets: an ancestor matrix of shape {tuple(ancestors.shape)} for "
+                             f"a model of {c} classes")
+        self.ancestors = ancestors.to(device=self.device, dtype=torch.float32)
+
+    def set_teacher_targets(self, teacher: TeacherTargets) -> None:
+        """The teachers' probabilities of the training clips, for distill.* (aer.distill.teacher_targets)."""
+        if teacher.probs.shape[1] != self.hparams.num_classes:
+            raise ValueError(f"distill: the teachers predict {teacher.probs.shape[1]} classes, the model "
+                             f"{self.hparams.num_classes}")
+        self.teacher = teacher
 
     @staticmethod
     def scale(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -171,6 +225,10 @@ class Tagger(pl.LightningModule):
                                                 self.current_epoch + 1) % config.frequency == 0:
                 config.scheduler.step()
 
+    def with_ancestors(self, y: torch.Tensor) -> torch.Tensor:
+        """0/1 labels (B, C) with every positive class's ancestors positive too."""
+        return (y @ self.ancestors).clamp_max(1.0)
+
     def _loss(self, batch: dict, log_to: str) -> torch.Tensor:
         """The training loss of one batch (augmented as asked); at the logger's steps it is logged."""
         lengths, y = batch["lengths"], batch["y"]
@@ -180,15 +238,24 @@ class Tagger(pl.LightningModule):
             x, lengths = drop_frames(x, lengths, aug.frame_dropout)
         if aug.feature_noise > 0:
             x = add_noise(x, lengths, aug.feature_noise)
+        if aug.ontology_targets:
+            y = self.with_ancestors(y)
+        teacher = self.teacher.lookup(batch["index"]) if self.distill.enabled else None
         if aug.mixup_alpha > 0:
             lam = float(torch.distributions.Beta(aug.mixup_alpha, aug.mixup_alpha).sample())
             perm = torch.randperm(len(x), device=x.device)
             x = lam * x + (1 - lam) * x[perm]
             y = lam * y + (1 - lam) * y[perm]
+            if teacher is not None:
+                teacher = lam * teacher + (1 - lam) * teacher[perm]
             lengths = torch.maximum(lengths, lengths[perm])
-        if aug.label_smoothing > 0:
+        if aug.label_smoothing > 0:  # of the labels; the teachers' probabilities are soft already
             y = y * (1 - aug.label_smoothing) + 0.5 * aug.label_smoothing
-        loss = F.binary_cross_entropy_with_logits(self(x, lengths), y)
+        logits = self(x, lengths)
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        if teacher is not None:
+            w = self.distill.weight
+            loss = (1 - w) * loss + w * F.binary_cross_entropy_with_logits(logits, teacher)
         # The step loss goes to the logger and the progress bar only at the steps the logger writes: every
         # self.log call walks Lightning's result metadata (~3 ms a call on a laptop CPU, a fifth of an FC
         # step), and the epoch's mean is summed here and logged once, at its end. On an accelerator the
@@ -223,6 +290,12 @@ class Tagger(pl.LightningModule):
         self._direct_steps = self._hooks_unused()
         self._step_callbacks = [cb for cb in self.trainer.callbacks
                                 if callable(getattr(cb, "after_optimizer_step", None))]
+        if self.augment.ontology_targets and self.ancestors is None:
+            raise ValueError("augment.ontology_targets=true, but the Tagger was given no ancestor matrix: "
+                             "set_ancestors(aer.ontology.root_ancestors(...)) before fit, as aer.train does")
+        if self.distill.enabled and self.teacher is None:
+            raise ValueError("distill.ckpts/sweep are set, but the Tagger was given no teacher targets: "
+                             "set_teacher_targets(aer.distill.teacher_targets(...)) before fit, as aer.train does")
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0

@@ -1,17 +1,22 @@
-"""AudioSet's ontology (ontology.json): the top-level categories and the classes under each.
+"""AudioSet's ontology (ontology.json): the top-level categories and the classes under each, and each
+class's ancestors.
 
 The file is a list of {id, name, child_ids, ...}; the top-level categories are the entries that no
 entry lists as a child ("Human sounds", "Music", ...). A category's classes are the label classes
-among its descendants (itself included), matched by mid through class_labels_indices.csv.
+among its descendants (itself included), matched by mid through class_labels_indices.csv. A class's
+ancestors are the label classes above it, through any nodes (label classes or not) in between.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from aer.data.labels import LABELS_FILE, read_labels
 
 ONTOLOGY_FILE = "ontology.json"
 
@@ -65,3 +70,37 @@ def category_scores(categories: list[dict], ap: np.ndarray, auc: np.ndarray) -> 
                      "mAP": float(a[ok_a].mean()) if ok_a.any() else float("nan"),
                      "mAUC": float(u[ok_u].mean()) if ok_u.any() else float("nan")})
     return rows
+
+
+def class_ancestors(entries: list[dict], mids: list[str]) -> np.ndarray:
+    """(C, C) bool: [c, a] is true when class a is class c itself or a label class above it in the ontology,
+    through any nodes in between; classes whose mid the ontology does not hold have only themselves."""
+    parents: dict[str, list[str]] = defaultdict(list)
+    for e in entries:
+        for child in e.get("child_ids", []):
+            parents[child].append(e["id"])
+    index = {mid: i for i, mid in enumerate(mids) if mid}
+    out = np.eye(len(mids), dtype=bool)
+    for mid, c in index.items():
+        seen, stack = set(), list(parents.get(mid, []))
+        while stack:  # visited ids: a malformed file with a cycle still ends
+            node = stack.pop()
+            if node not in seen:
+                seen.add(node)
+                stack.extend(parents.get(node, []))
+        out[c, [index[m] for m in seen if m in index]] = True
+    return out
+
+
+def root_ancestors(root: str | os.PathLike, num_classes: int) -> np.ndarray:
+    """class_ancestors of data.root's ontology.json and class_labels_indices.csv (augment.ontology_targets)."""
+    path = Path(root) / ONTOLOGY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; augment.ontology_targets=true reads the class hierarchy "
+                                f"from data.root/{ONTOLOGY_FILE} (AudioSet's: github.com/audioset/ontology)")
+    mids = [mid for mid, _ in read_labels(Path(root) / LABELS_FILE, num_classes)]
+    entries = read_ontology(path)
+    if not {e["id"] for e in entries} & set(mids):
+        raise ValueError(f"{path}: holds none of the mids of {Path(root) / LABELS_FILE} "
+                         f"(e.g. {mids[0]!r}): it is not the ontology of these classes")
+    return class_ancestors(entries, mids)

@@ -286,6 +286,9 @@ class AugmentSettings(Section):
     # Gaussian noise of this sd added to the real frames' features, on the x/255 scale the networks take
     # (before standardisation; a dimension's sd over the training frames is about 0.1 on that scale)
     feature_noise: NonNegative = 0.0
+    # training targets only: every positive class's ancestors in data.root/ontology.json (transitively, also
+    # through nodes that are not classes) are made positive too; validation and test labels are never changed
+    ontology_targets: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -318,6 +321,31 @@ class EmaSettings(Section):
     start_step: Annotated[int, Range(0)] = 0                     # optimizer steps before averaging begins
 
 
+@dataclass
+class DistillSettings(Section):
+    """Knowledge distillation: the student's loss is (1 - weight)·BCE(logits, labels) + weight·BCE(logits, p),
+    p the teachers' mean probability of each class on each training clip (aer.distill: computed once, cached).
+    Teachers are given as ensemble.py's members are; none (the default): no distillation."""
+
+    KEY: ClassVar[str] = "distill"
+    ckpts: Any = field(default_factory=list)   # teacher checkpoints
+    sweep: str | None = None                   # a train.py -m sweep dir: every finished job's checkpoint
+    weight: Fraction = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.ckpts, str):
+            self.ckpts = [self.ckpts]
+        if not isinstance(self.ckpts, (list, tuple)) or not all(isinstance(c, str) for c in self.ckpts):
+            raise ValueError(f"distill.ckpts={self.ckpts!r}: expected a list of checkpoint paths, "
+                             f"e.g. distill.ckpts=[a.ckpt,b.ckpt]")
+        self.ckpts = list(self.ckpts)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ckpts or self.sweep)
+
+
 # ---- evaluate.py and ensemble.py
 @dataclass
 class BootstrapSettings(Section):
@@ -348,6 +376,7 @@ class TrainSettings(Section):
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     swa: SwaSettings = field(default_factory=SwaSettings)
     ema: EmaSettings = field(default_factory=EmaSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
 
     def __post_init__(self) -> None:
         super().__post_init__()

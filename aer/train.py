@@ -65,7 +65,7 @@ def hparams_for_dashboard(cfg: DictConfig) -> dict:
     flat = {"model": cfg.model.name, "init": cfg.init.name, "seed": cfg.seed, "data.mode": cfg.data.mode,
             "data.batch_size": cfg.data.batch_size, "data.normalize": cfg.data.normalize,
             "tags": ",".join(map(str, cfg.tags))}
-    for section in ("model", "init", "optim", "augment"):
+    for section in ("model", "init", "optim", "augment", "distill"):
         for k, v in (OmegaConf.to_container(cfg.get(section) or {}, resolve=True)).items():
             if k != "name":
                 flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -147,12 +147,32 @@ def build(cfg: DictConfig, timing: JobTiming | None = None) -> tuple:
     ours.update(last=last[0] if last else None, checkpoint_io=ckpt_io)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg) or False,
                                                   plugins=[ckpt_io])
-    if dm.normalize == "standardize":
-        with timing.phase("data"):
-            dm.prepare_data()
-            dm.setup("fit")
-        model.set_input_stats(*dm.input_stats())
+    hand_over(dm, model, trainer, timing)
     return dm, model, trainer, ours
+
+
+def hand_over(dm, model: Tagger, trainer: pl.Trainer, timing: JobTiming) -> None:
+    """What the Tagger takes from the training data before fit: the input statistics (stored in its
+    checkpoint), the ontology's ancestor matrix and the teachers' probabilities (neither stored: a
+    resumed run is handed them again)."""
+    if model.augment.ontology_targets:  # read first: a missing ontology.json is reported before any conversion
+        import torch
+
+        from aer.ontology import root_ancestors
+
+        dm.ensure_demo()  # a demo set brings its ontology.json
+        model.set_ancestors(torch.from_numpy(root_ancestors(dm.root, dm.num_classes)))
+    if dm.normalize != "standardize" and not model.distill.enabled:
+        return
+    with timing.phase("data"):
+        dm.prepare_data()
+        dm.setup("fit")
+        if model.distill.enabled:
+            from aer.distill import teacher_targets
+
+            model.set_teacher_targets(teacher_targets(model.distill, dm, trainer.strategy.root_device))
+    if dm.normalize == "standardize":
+        model.set_input_stats(*dm.input_stats())
 
 
 def run(cfg: DictConfig) -> dict:

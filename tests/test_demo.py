@@ -40,13 +40,24 @@ def cli_demo(tmp_path_factory) -> Path:
 
 
 def test_layout_and_class_table(cli_demo):
-    assert sorted(p.name for p in cli_demo.iterdir()) == ["bal_train", "class_labels_indices.csv", "demo.json", "eval"]
+    assert sorted(p.name for p in cli_demo.iterdir()) == ["bal_train", "class_labels_indices.csv", "demo.json", "eval",
+                                                          "ontology.json"]
     with open(cli_demo / "class_labels_indices.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["index", "mid", "display_name"] and len(rows) == 528
     assert [int(r[0]) for r in rows[1:]] == list(range(527))
     assert len({r[1] for r in rows[1:]}) == 527 and all(r[2] for r in rows[1:])
     assert json.loads((cli_demo / "demo.json").read_text())["seed"] == 7
+    # the ontology holds the table's classes: each kind's under its top-level category, 16 families below
+    from aer.ontology import class_ancestors, read_ontology, top_level_classes
+
+    mids = [r[1] for r in rows[1:]]
+    entries = read_ontology(cli_demo / "ontology.json")
+    cats = top_level_classes(entries, mids)
+    assert [c["name"] for c in cats] == ["Demo stationary sounds", "Demo transient sounds"]
+    assert cats[1]["classes"] == [i for i in range(527) if i % 4 == 3] and len(cats[0]["classes"]) == 527 - 131
+    above = class_ancestors(entries, mids)
+    assert [list(np.flatnonzero(above[c])) for c in (3, 35, 526)] == [[3], [3, 35], [14, 526]]
     assert not list(cli_demo.rglob("*.partial"))
 
 

@@ -118,6 +118,13 @@ def _cases(tmp: Path, demo: Path, ckpt: Path) -> list[Case]:
              "python train.py data.split_seed=7 ckpt_path=C"),
         Case("Training", "a full disk at the first checkpoint", [*train, f"hydra.run.dir={tmp / 'full'}"],
              "python train.py ...  (disk full)", 1_000_000),
+        Case("Training", "ontology targets without an ontology.json",
+             [py, str(ROOT / "train.py"), "data=audioset", f"data.root={foreign}", "augment.ontology_targets=true",
+              f"paths.log_dir={tmp / 'runs'}"], "python train.py data=audioset data.root=RELEASE "
+                                                "augment.ontology_targets=true"),
+        Case("Training", "a teacher trained on the validation clips", [*train, "data.split_seed=7",
+                                                                       f"distill.ckpts=[{ckpt}]"],
+             "python train.py data.split_seed=7 distill.ckpts=[C]"),
     ]
     for kind, path in {"missing": tmp / "nothing.ckpt", "directory": tmp, **ckpts}.items():
         if kind in ("missing", "truncated", "malicious"):  # train.py and evaluate.py share the loader

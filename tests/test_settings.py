@@ -25,6 +25,9 @@ def test_composed_defaults_are_the_declared_ones():
     cfg = compose_cfg("train", ["data=audioset", "data.root=/x"])
     assert plain(cfg.optim) == OptimSettings().as_dict()
     assert plain(cfg.augment) == AugmentSettings().as_dict() and plain(cfg.swa) == SwaSettings().as_dict()
+    from aer.settings import DistillSettings
+
+    assert plain(cfg.distill) == DistillSettings().as_dict() and not DistillSettings().enabled
     declared = DataSettings(root="/x").as_dict()
     chosen = ("seed", "convert_workers")  # what conf/data/audioset.yaml sets for train.py runs
     assert {k: v for k, v in plain(cfg.data).items() if k not in chosen} == {k: v for k, v in declared.items()

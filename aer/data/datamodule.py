@@ -129,8 +129,12 @@ class AudioSetDataModule(pl.LightningDataModule):
     def needed_splits(self) -> list[str]:
         return self.train_splits + ([self.eval_split] if self.mode == "final" else [])
 
+    def cache_root(self) -> Path:
+        """The folder of this data's caches (data.cache_dir, or default_cache_dir)."""
+        return self.cache_dir or default_cache_dir(self.root)
+
     def cache_path(self, split: str) -> Path:
-        return (self.cache_dir or default_cache_dir(self.root)) / f"{split}.h5"
+        return self.cache_root() / f"{split}.h5"
 
     def check_layout(self) -> None:
         """Fails before any work when the data folders are missing."""
@@ -149,10 +153,14 @@ class AudioSetDataModule(pl.LightningDataModule):
         for split in self.needed_splits:
             self.prepare_split(split)
 
-    def prepare_split(self, split: str, force: bool = False) -> Path:
-        """Makes sure `split` is converted (generating demo shards first when asked); its cache path."""
+    def ensure_demo(self) -> None:
+        """With data.demo, generates the demo set in data.root unless it is there."""
         if self.demo is not None and ensure_demo(self.root, **self.demo):
             log.info("generated demo shards in %s", self.root)
+
+    def prepare_split(self, split: str, force: bool = False) -> Path:
+        """Makes sure `split` is converted (generating demo shards first when asked); its cache path."""
+        self.ensure_demo()
         if self.demo is None and not self.root.is_dir():
             self.check_layout()
         try:
@@ -258,10 +266,18 @@ class AudioSetDataModule(pl.LightningDataModule):
 
     # ---- what the model and the reports need
     def split_info(self, name: str) -> dict[str, np.ndarray]:
-        """video ids and labels of the clips a split serves, in the order it serves them."""
+        """video ids, labels and rows (their positions in the split's arrays: a batch's `index`) of the clips
+        a split serves, in the order it serves them (its `clips` in all: the arrays' length)."""
         ds, meta = self._sets[name], self._meta[name]
         rows = ds.rows.numpy()
-        return {"video_id": meta["video_id"][rows], "labels": meta["labels"][rows]}
+        return {"video_id": meta["video_id"][rows], "labels": meta["labels"][rows], "rows": rows,
+                "clips": len(meta["lengths"])}
+
+    def split_batches(self, name: str):
+        """The batches of a split's clips in split_info's order (data.eval_batch_size each), on the host."""
+        ds = self._sets[name]
+        for positions in EvalBatchSampler(len(ds), self.eval_batch_size):
+            yield ds[positions]
 
     def train_positives(self) -> np.ndarray:
         """Positives per class among the clips this module trains on: the dev 80% in dev mode, all of

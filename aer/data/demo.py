@@ -3,7 +3,8 @@
 Every class has a prototype direction in embedding space. "Stationary" classes add theirs to
 every frame of a clip, so a flat FC finds them; "transient" classes add theirs to one or two
 frames only, at a random position, which pooling over time or a recurrent model handles better.
-Class frequencies are long-tailed and clips carry 1-4 labels, as in AudioSet.
+Class frequencies are long-tailed and clips carry 1-4 labels, as in AudioSet. The set's ontology.json
+is a made-up hierarchy over the classes (`demo_ontology`); the clips' labels do not follow it.
 """
 
 from __future__ import annotations
@@ -22,16 +23,40 @@ import numpy as np
 
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, Clip, serialize_clip
 from aer.data.tfrecord import write_records
-from aer.utils import remove_stale_partials
+from aer.ontology import ONTOLOGY_FILE
+from aer.utils import atomic_write_text, remove_stale_partials
 
 _ID_CHARS = np.array(list(string.ascii_letters + string.digits + "-_"))
 TRANSIENT_EVERY = 4  # every 4th class is transient
 MARKER = "demo.json"
+FAMILIES = 16  # demo_ontology: classes 0-15 head a family each; a multiple of TRANSIENT_EVERY
 
 
 def _class_table(num_classes: int) -> list[tuple[int, str, str]]:
     return [(i, f"/t/demo{i:03d}", f"Demo {'transient' if i % TRANSIENT_EVERY == 3 else 'stationary'} {i}")
             for i in range(num_classes)]
+
+
+def demo_ontology(num_classes: int) -> list[dict]:
+    """ontology.json's entries for the demo classes: two top-level categories (not classes), "Demo
+    stationary sounds" and "Demo transient sounds", holding the head classes 0-15 of their kind; under
+    each head h a family node (not a class) holding the classes c >= 16 with c % 16 == h, which are of
+    h's kind too. So class 35 is under family 3, under class 3, under "Demo transient sounds"."""
+    table = _class_table(num_classes)
+    heads = [(i, mid) for i, mid, _ in table[:FAMILIES]]
+    members = {h: [mid for i, mid, _ in table[FAMILIES:] if i % FAMILIES == h] for h, _ in heads}
+    entries = [{"id": f"/t/demo_{kind}", "name": f"Demo {kind} sounds", "child_ids": [
+        mid for i, mid in heads if (i % TRANSIENT_EVERY == 3) == (kind == "transient")]}
+        for kind in ("stationary", "transient")]
+    for i, mid, name in table:
+        entries.append({"id": mid, "name": name, "child_ids": [f"/t/demo_family{i:02d}"] if members.get(i) else []})
+    entries += [{"id": f"/t/demo_family{h:02d}", "name": f"Demo family {h}", "child_ids": kids}
+                for h, kids in members.items() if kids]
+    return entries
+
+
+def write_demo_ontology(out: Path, num_classes: int) -> None:
+    atomic_write_text(out / ONTOLOGY_FILE, json.dumps(demo_ontology(num_classes), indent=1) + "\n")
 
 
 def _video_ids(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
@@ -80,7 +105,8 @@ def _write_split(out: Path, clips: list[Clip]) -> None:
 
 def generate(out_dir: str | os.PathLike, clips: int = 20000, eval_clips: int | None = None, seed: int = 0,
              num_classes: int = NUM_CLASSES) -> dict:
-    """Writes `bal_train/`, `eval/` and `class_labels_indices.csv` under `out_dir`; returns the spec.
+    """Writes `bal_train/`, `eval/`, `class_labels_indices.csv` and `ontology.json` under `out_dir`; returns
+    the spec.
 
     `out_dir` must be missing or empty: the set is built in a temporary folder beside it and renamed
     into place when complete, so a kill leaves nothing that looks like a demo set, and no file that
@@ -120,6 +146,7 @@ def _write_set(out: Path, spec: dict) -> None:
         w = csv.writer(f, quoting=csv.QUOTE_MINIMAL)
         w.writerow(["index", "mid", "display_name"])
         w.writerows(_class_table(num_classes))
+    write_demo_ontology(out, num_classes)
     (out / MARKER).write_text(json.dumps(spec, indent=2) + "\n")  # last: it says the set is whole
 
 
@@ -142,12 +169,15 @@ def _check_empty(out: Path) -> None:
 
 
 def ensure_demo(out_dir: str | os.PathLike, clips: int, eval_clips: int | None, seed: int) -> bool:
-    """Generates the demo set unless one with the same spec is already there; True if it wrote."""
+    """Generates the demo set unless one with the same spec is already there; True if it wrote. A set made
+    before demo sets had an ontology.json gets one."""
     out = Path(out_dir)
     want = {"clips": clips, "eval_clips": clips // 2 if eval_clips is None else eval_clips, "seed": seed}
     have = _read_marker(out)
     if have is not None:
         if all(have.get(k) == v for k, v in want.items()):
+            if not (out / ONTOLOGY_FILE).exists():
+                write_demo_ontology(out, int(have.get("num_classes", NUM_CLASSES)))
             return False
         raise FileExistsError(f"{out_dir} holds a demo set made with {have}, not {want}; "
                               f"pick another data.root or delete it")
