@@ -2,7 +2,9 @@
 
 Jobs are grouped by their swept overrides other than `seed` (aer.runs.swept_keys); per group it
 reports n and mean ± sd of every number in the jobs' metrics.json, and plots the per-epoch curves
-(from the TensorBoard events, as aer.report reads them) as the mean over seeds with a min–max band.
+(from the TensorBoard events, as aer.report reads them) as the mean over seeds with a min–max band;
+epochs.md adds, from the same curves, the last and best val mAP, the epoch of the best and the first
+epoch at `--reach` (per seed), over each run's first `--epochs` epochs when given.
 
 `python -m aer.compare --ckpts A B --split val --out OUT` scores two checkpoints on the same clips
 and compares them with a paired bootstrap (both models scored on each resample of the clips): the
@@ -117,6 +119,62 @@ def band(curves: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
             "min": np.nanmin(table, 0), "max": np.nanmax(table, 0)}
 
 
+def first_epochs(curves: dict, epochs: int | None) -> dict:
+    """A run's curves cut to its first `epochs` epochs (all of them when None)."""
+    if epochs is None:
+        return curves
+    return {tag: (x[x <= epochs], y[x <= epochs]) for tag, (x, y) in curves.items()}
+
+
+def epoch_rows(groups: dict, curves_by_dir: dict, reach: float) -> list[dict]:
+    """Per run with a val/mAP curve: its group, seed, epochs, last and best val/mAP, the epoch of the best,
+    the first epoch at or above `reach` (None if never), the last val/mAUC."""
+    rows = []
+    for values, runs in groups.items():
+        for r in runs:
+            c = curves_by_dir.get(r.dir.resolve(), {})
+            if "val/mAP" not in c or not len(c["val/mAP"][0]):
+                continue
+            x, y = c["val/mAP"]
+            hit = np.flatnonzero(y >= reach)
+            auc = c.get("val/mAUC")
+            rows.append({"group": values, "seed": r.params.get(SEED, "(default)"), "epochs": int(x[-1]),
+                         "last": float(y[-1]), "best": float(y.max()), "best_epoch": int(x[int(y.argmax())]),
+                         "reached": int(x[hit[0]]) if len(hit) else None,
+                         "auc_last": float(auc[1][-1]) if auc is not None and len(auc[1]) else None})
+    return rows
+
+
+def write_epoch_tables(out: Path, keys: list[str], rows: list[dict], reach: float) -> list[Path]:
+    """epochs.md (per group: last and best val mAP, mean ± sd; the best's epoch and the first epoch at
+    `reach`, per seed; the last mAUC) and epochs.csv (one row per run)."""
+    head = [*keys, "n", "seeds", "epochs", "val mAP last", "val mAP best", "best at epoch",
+            f"first epoch ≥ {reach:g}", "val mAUC last"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pm(v: list) -> str:
+        v = [x for x in v if x is not None]
+        return "" if not v else _pm(float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"))
+
+    for values in dict.fromkeys(r["group"] for r in rows):
+        g = [r for r in rows if r["group"] == values]
+        cells = [*values, str(len(g)), " ".join(r["seed"] for r in g), " ".join(sorted({str(r["epochs"]) for r in g})),
+                 pm([r["last"] for r in g]), pm([r["best"] for r in g]), ", ".join(str(r["best_epoch"]) for r in g),
+                 ", ".join(str(r["reached"]) if r["reached"] is not None else "—" for r in g),
+                 pm([r["auc_last"] for r in g])]
+        md.append("| " + " | ".join(cells) + " |")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*keys, "seed", "epochs", "val_mAP_last", "val_mAP_best", "best_epoch", "first_epoch_at_reach",
+                "val_mAUC_last"])
+    for r in rows:
+        w.writerow([*r["group"], r["seed"], r["epochs"], r["last"], r["best"], r["best_epoch"],
+                    "" if r["reached"] is None else r["reached"], "" if r["auc_last"] is None else r["auc_last"]])
+    atomic_write_text(out / "epochs.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "epochs.csv", buf.getvalue())
+    return [out / "epochs.md", out / "epochs.csv"]
+
+
 def group_curves(groups: dict, curves_by_dir: dict) -> dict[tuple, dict[str, dict]]:
     """{group: {tag: band}} from the runs' TensorBoard curves ({resolved run dir: curves})."""
     out = {}
@@ -153,15 +211,18 @@ def write_curves(out: Path, keys: list[str], curves: dict) -> list[Path]:
     return [out / "curves.csv", save_png(fig, out / "curves.png")]
 
 
-def compare_sweeps(dirs: list[Path], out: Path, by: list[str] | None = None) -> list[Path]:
-    """The seed-grouped tables and curves of the jobs under `dirs`, written into `out`."""
+def compare_sweeps(dirs: list[Path], out: Path, by: list[str] | None = None, epochs: int | None = None,
+                   reach: float = 0.20) -> list[Path]:
+    """The seed-grouped tables and curves of the jobs under `dirs`, written into `out`; the curves and the
+    epoch table over the first `epochs` epochs of each run (all when None), metrics.json's numbers as they are."""
     runs = sweep_runs(dirs)
     keys, groups = group_jobs(runs, by)
     stats = {v: metric_stats(r) for v, r in groups.items()}
     curves_by_dir = {}
     for d in dirs:
         try:
-            curves_by_dir.update({t.run.dir.resolve(): t.curves for t in traced_runs(d, exclude=out)})
+            curves_by_dir.update({t.run.dir.resolve(): first_epochs(t.curves, epochs)
+                                  for t in traced_runs(d, exclude=out)})
         except FileNotFoundError as e:  # metrics without curves: the tables still stand
             log.warning("%s", e)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,10 +230,16 @@ def compare_sweeps(dirs: list[Path], out: Path, by: list[str] | None = None) -> 
     curves = group_curves(groups, curves_by_dir)
     if any(curves.values()):
         written += write_curves(out, keys, curves)
+    rows = epoch_rows(groups, curves_by_dir, reach)
+    if rows:
+        written += write_epoch_tables(out, keys, rows, reach)
     md = [f"# Compare: {', '.join(str(d.resolve()) for d in dirs)}", "",
           f"{len(runs)} jobs in {len(groups)} groups by {', '.join(f'`{k}`' for k in keys) or 'nothing'} "
           f"(over `{SEED}`); mean ± sd over the finished jobs of each group.", "",
           *(out / "groups.md").read_text().splitlines(), ""]
+    if rows:
+        md += [f"Per epoch, from the TensorBoard events{f' (the first {epochs} epochs)' if epochs else ''}:", "",
+               *(out / "epochs.md").read_text().splitlines(), ""]
     if (out / "curves.png").exists():
         md += ["![curves](curves.png)", ""]
     atomic_write_text(out / "compare.md", "\n".join(md))
@@ -287,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", nargs="*", help="sweep dirs from train.py -m (their jobs compared as one sweep)")
     parser.add_argument("--out", required=True, help="folder for the tables and figures (never an input dir)")
     parser.add_argument("--by", help="comma-separated overrides to group by (default: the swept ones but seed)")
+    parser.add_argument("--epochs", type=int, help="curves and the epoch table over each run's first N epochs")
+    parser.add_argument("--reach", type=float, default=0.20,
+                        help="the epoch table's first epoch with val mAP at or above this (default 0.20)")
     parser.add_argument("--ckpts", nargs=2, metavar=("A", "B"), help="two checkpoints: paired bootstrap B − A")
     parser.add_argument("--split", default="val", choices=("val", "eval"), help="with --ckpts: the scored split")
     parser.add_argument("--data-root", help="with --ckpts: score on this data root instead of the stored one")
@@ -314,8 +384,12 @@ def _main(args) -> list[Path]:
     for d in dirs:
         if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
             raise ValueError(f"--out {out} is inside the input dir {d}: write the comparison elsewhere")
-    paths = compare_sweeps(dirs, out, parse_keys(args.by))
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs {args.epochs}: expected a positive number of epochs")
+    paths = compare_sweeps(dirs, out, parse_keys(args.by), args.epochs, args.reach)
     print((out / "groups.md").read_text())
+    if (out / "epochs.md").exists():
+        print((out / "epochs.md").read_text())
     return paths
 
 

@@ -205,6 +205,23 @@ def test_band_over_runs_of_different_lengths():
     assert np.isnan(b["sd"][2]) and b["sd"][0] == pytest.approx(np.std([0.1, 0.3], ddof=1))
 
 
+def test_epoch_table_of_known_curves(tmp_path):
+    from aer.compare import epoch_rows, first_epochs, write_epoch_tables
+
+    sweep = _fake_sweep(tmp_path / "s", [({"init": "a", "seed": s}, {"val/mAP": 0.1}) for s in (1, 2)])
+    keys, groups = group_jobs(sweep_runs([sweep]))
+    x = np.arange(1, 6)
+    curves = {sweep.resolve() / "0": {"val/mAP": (x, np.array([0.1, 0.25, 0.3, 0.2, 0.15])),
+                                      "val/mAUC": (x, np.array([0.5, 0.6, 0.7, 0.8, 0.9]))},
+              sweep.resolve() / "1": {"val/mAP": (x, np.array([0.05, 0.1, 0.15, 0.18, 0.22]))}}
+    rows = epoch_rows(groups, {d: first_epochs(c, 4) for d, c in curves.items()}, reach=0.2)
+    assert [(r["seed"], r["epochs"], r["last"], r["best"], r["best_epoch"], r["reached"], r["auc_last"])
+            for r in rows] == [("1", 4, 0.2, 0.3, 3, 2, 0.8), ("2", 4, 0.18, 0.18, 4, None, None)]
+    assert epoch_rows(groups, curves, reach=0.2)[1]["reached"] == 5  # all five epochs
+    md = write_epoch_tables(tmp_path / "out", keys, rows, 0.2)[0].read_text()
+    assert keys == [] and "| 2 | 1 2 | 4 | 0.1900 ± 0.0141 | 0.2400 ± 0.0849 | 3, 4 | 2, — | 0.8000 |" in md
+
+
 def test_cli_refuses_to_write_into_an_input_dir(tmp_path, capsys):
     sweep = _fake_sweep(tmp_path / "s", [({"init": "a", "seed": 1}, {"val/mAP": 0.1})])
     assert main([str(sweep), "--out", str(sweep / "cmp")]) == 1
@@ -239,7 +256,14 @@ def test_compare_a_seed_sweep(seed_sweep, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "aer.compare", str(seed_sweep), "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == {"groups.md", "groups.csv", "curves.csv", "curves.png", "compare.md"}
+    assert {p.name for p in out.iterdir()} == {"groups.md", "groups.csv", "curves.csv", "curves.png", "compare.md",
+                                               "epochs.md", "epochs.csv"}
+    epochs = list(csv.DictReader(open(out / "epochs.csv")))  # two epochs a job: the last is its metrics.json's
+    assert [(r["init"], r["seed"], r["epochs"]) for r in epochs] == [("xavier", "1", "2"), ("xavier", "2", "2"),
+                                                                      ("kaiming", "1", "2"), ("kaiming", "2", "2")]
+    for r, job in zip(epochs, m):
+        assert float(r["val_mAP_last"]) == pytest.approx(job["val/mAP"], rel=1e-6)
+        assert float(r["val_mAP_best"]) == pytest.approx(job["val/mAP_best"], rel=1e-6)
     rows = list(csv.DictReader(open(out / "groups.csv")))
     assert [(r["init"], r["n"], r["seeds"]) for r in rows] == [("xavier", "2", "1 2"), ("kaiming", "2", "1 2")]
     for r, jobs in zip(rows, ([m[0], m[1]], [m[2], m[3]])):
