@@ -42,10 +42,9 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(x, y), name
 
 
-@pytest.mark.parametrize("model", ["fc", "attention"])
-@pytest.mark.parametrize("steps", [1, 3, 8])
-def test_equal_weights_after_n_steps_against_a_plain_loop(demo_root, tmp_path, steps, model):
-    tagger, trainer = _fit(demo_root, tmp_path, steps, model=model)
+def _plain_loop(demo_root, tmp_path, model: str = "fc", after_step=None) -> tuple[torch.nn.Module, int]:
+    """The same training as _fit's in a plain loop over the same batches: (the network, the steps taken);
+    `after_step(net)` is called after each optimizer step."""
     dm = _dm(demo_root, tmp_path, 1)
     dm.prepare_data()
     dm.setup("fit")
@@ -64,6 +63,16 @@ def test_equal_weights_after_n_steps_against_a_plain_loop(demo_root, tmp_path, s
             loss.backward()
             opt.step()
             taken += 1
+            if after_step is not None:
+                after_step(net)
+    return net, taken
+
+
+@pytest.mark.parametrize("model", ["fc", "attention"])
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_equal_weights_after_n_steps_against_a_plain_loop(demo_root, tmp_path, steps, model):
+    tagger, trainer = _fit(demo_root, tmp_path, steps, model=model)
+    net, taken = _plain_loop(demo_root, tmp_path, model)
     assert trainer.global_step == taken == EPOCHS * 8
     _assert_same_weights(tagger.net, net)
 
@@ -149,27 +158,14 @@ def test_the_ema_is_updated_after_every_step_as_in_a_plain_loop(demo_root, tmp_p
 
     decay = 0.9
     tagger, trainer = _fit(demo_root, tmp_path, steps, extra=(EMA(decay),))
-    dm = _dm(demo_root, tmp_path, 1)
-    dm.prepare_data()
-    dm.setup("fit")
-    ds = dm.train_dataloader().dataset
-    pl.seed_everything(SEED, verbose=False)
-    net = Tagger(model="fc", init="xavier", model_kwargs=NO_DROPOUT["fc"]).net
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    ema = None
-    sampler = EpochBatchSampler(len(ds), BATCH, True, SEED)
-    for epoch in range(EPOCHS):
-        sampler.set_epoch(epoch)
-        for idx in sampler:
-            b = ds[idx]
-            loss = F.binary_cross_entropy_with_logits(net(Tagger.scale(b["features"], b["lengths"]), b["lengths"]),
-                                                      b["y"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # the first step's weights, then decay * average + (1 - decay) * weights
-                current = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                ema = current if ema is None else {k: decay * ema[k] + (1 - decay) * current[k] for k in ema}
+    ema = {}
+
+    def average(net: torch.nn.Module) -> None:  # the first step's weights, then decay * average + (1 - decay) * them
+        with torch.no_grad():
+            current = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            ema.update(current if not ema else {k: decay * ema[k] + (1 - decay) * current[k] for k in ema})
+
+    net, _ = _plain_loop(demo_root, tmp_path, after_step=average)
     assert trainer.global_step == EPOCHS * 8
     # after fit the model holds the average (Lightning copies it in when training ends)
     for name, value in tagger.net.state_dict().items():
