@@ -1,3 +1,10 @@
 """aer: audio event recognition on AudioSet's embedding features."""
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# pytorch-lightning 2.6 builds torch's LeafSpec when it flattens a batch, which torch 2.13 deprecates:
+# one FutureWarning in every run, train or evaluate, that a user can do nothing about
+_warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                         category=FutureWarning)
