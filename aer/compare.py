@@ -10,6 +10,9 @@ epoch at `--reach` (per seed), over each run's first `--epochs` epochs when give
 and compares them with a paired bootstrap (both models scored on each resample of the clips): the
 difference B − A in mAP, mAUC and d′, its interval and a two-sided p-value; plus per-class AP
 against the classes' training positives and the classes that gain or lose most.
+`--preds A B` does the same for two predictions.h5 that evaluate.py or ensemble.py wrote (an ensemble
+against a single model or another ensemble), the class names and training positives read from the
+per_class.csv beside each.
 
 Everything is written into --out only; the input dirs are read, never written.
 """
@@ -280,6 +283,52 @@ def write_paired(out: Path, paths: list[Path], split: str, paired: dict) -> list
     return [out / "paired.md", out / "paired.json"]
 
 
+def load_predictions(path: Path) -> dict:
+    """probs, labels and clip ids of an evaluate.py / ensemble.py predictions.h5, its split, and the class
+    names and training positives of the per_class.csv written beside it."""
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such predictions file (evaluate.py and ensemble.py write predictions.h5)")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("probs", "labels", "video_id") if k not in f]
+            if missing:
+                raise ValueError(f"{path}: no dataset {missing[0]!r}; expected probs, labels and video_id")
+            probs, labels = f["probs"][()], f["labels"][()]
+            vids = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][()]])
+            split = str(f.attrs.get("split", ""))
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+    if probs.ndim != 2 or probs.shape != labels.shape or len(vids) != len(probs):
+        raise ValueError(f"{path}: probs {probs.shape}, labels {labels.shape} and video_id ({len(vids)},) "
+                         f"must be (N, C), (N, C) and (N,)")
+    table = path.parent / "per_class.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table}: no such file; it is written with {path.name} and names the classes")
+    rows = list(csv.DictReader(open(table, newline="")))
+    if len(rows) != probs.shape[1] or not rows or not {"mid", "name", "train_positives"} <= set(rows[0]):
+        raise ValueError(f"{table}: expected {probs.shape[1]} rows with mid, name and train_positives, "
+                         f"got {len(rows)}")
+    train = [r["train_positives"] for r in rows]
+    return {"probs": probs.astype(np.float32), "labels": labels.astype(bool), "video_id": vids, "split": split,
+            "class_names": [(r["mid"], r["name"]) for r in rows],
+            "train_positives": None if "" in train else np.asarray([int(t) for t in train])}
+
+
+def paired_predictions(paths: list[Path]) -> dict:
+    """Two predictions files as score_checkpoints' result: refused unless they score the same clips."""
+    a, b = (load_predictions(p) for p in paths)
+    if not (np.array_equal(a["video_id"], b["video_id"]) and np.array_equal(a["labels"], b["labels"])):
+        raise ValueError(f"{paths[0]} and {paths[1]} score different clips ({len(a['video_id'])} and "
+                         f"{len(b['video_id'])}, split {a['split'] or '?'} and {b['split'] or '?'}): "
+                         f"a paired comparison needs the same clips")
+    if a["class_names"] != b["class_names"]:
+        raise ValueError(f"{paths[0]} and {paths[1]}: their per_class.csv name different classes")
+    return {"probs": [a["probs"], b["probs"]], "labels": a["labels"], "split": a["split"],
+            "train_positives": a["train_positives"], "class_names": a["class_names"]}
+
+
 def write_class_diff(out: Path, result: dict, ap: list[np.ndarray], auc: list[np.ndarray]) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -287,7 +336,8 @@ def write_class_diff(out: Path, result: dict, ap: list[np.ndarray], auc: list[np
     pos = result["labels"].sum(0)
     num = lambda v: "" if not np.isfinite(v) else f"{v:.6g}"  # noqa: E731
     for i, (mid, name) in enumerate(result["class_names"]):
-        w.writerow([i, mid, name, int(result["train_positives"][i]), int(pos[i]), num(ap[0][i]), num(ap[1][i]),
+        train = "" if result["train_positives"] is None else int(result["train_positives"][i])
+        w.writerow([i, mid, name, train, int(pos[i]), num(ap[0][i]), num(ap[1][i]),
                     num(ap[1][i] - ap[0][i]), num(auc[0][i]), num(auc[1][i])])
     atomic_write_text(out / "per_class_diff.csv", buf.getvalue())
     return out / "per_class_diff.csv"
@@ -328,13 +378,26 @@ def plot_gain_loss(path: Path, diff: np.ndarray, class_names: list[tuple[str, st
 
 def compare_checkpoints(paths: list[Path], split: str, out: Path, overrides: dict | None = None,
                         replicates: int = 1000, level: float = 0.95, seed: int = 0) -> list[Path]:
+    if len(paths) != 2:
+        raise ValueError(f"--ckpts: expected two checkpoints (A B), got {len(paths)}")
+    return compare_scored(score_checkpoints(paths, split, overrides or {}), paths, split, out, replicates, level, seed)
+
+
+def compare_predictions(paths: list[Path], out: Path, replicates: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> list[Path]:
+    if len(paths) != 2:
+        raise ValueError(f"--preds: expected two predictions files (A B), got {len(paths)}")
+    result = paired_predictions(paths)
+    return compare_scored(result, paths, result["split"] or "?", out, replicates, level, seed)
+
+
+def compare_scored(result: dict, paths: list[Path], split: str, out: Path, replicates: int, level: float,
+                   seed: int) -> list[Path]:
+    """The paired bootstrap, per-class table and plots of two models' probabilities on the same clips."""
     import torch
 
     from aer.metrics import paired_bootstrap, per_class_scores
 
-    if len(paths) != 2:
-        raise ValueError(f"--ckpts: expected two checkpoints (A B), got {len(paths)}")
-    result = score_checkpoints(paths, split, overrides or {})
     labels = torch.from_numpy(result["labels"])
     probs = [torch.from_numpy(p) for p in result["probs"]]
     paired = paired_bootstrap(probs[0], probs[1], labels, replicates, level, seed)
@@ -344,7 +407,9 @@ def compare_checkpoints(paths: list[Path], split: str, out: Path, overrides: dic
     out.mkdir(parents=True, exist_ok=True)
     written = write_paired(out, paths, split, paired)
     written.append(write_class_diff(out, result, ap, auc))
-    written.append(plot_ap_vs_positives(out / "ap_vs_train_positives.png", result["train_positives"], ap, ["A", "B"]))
+    if result["train_positives"] is not None:
+        written.append(plot_ap_vs_positives(out / "ap_vs_train_positives.png", result["train_positives"], ap,
+                                            ["A", "B"]))
     written.append(plot_gain_loss(out / "gain_loss.png", ap[1] - ap[0], result["class_names"]))
     return written
 
@@ -358,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reach", type=float, default=0.20,
                         help="the epoch table's first epoch with val mAP at or above this (default 0.20)")
     parser.add_argument("--ckpts", nargs=2, metavar=("A", "B"), help="two checkpoints: paired bootstrap B − A")
+    parser.add_argument("--preds", nargs=2, metavar=("A", "B"),
+                        help="two predictions.h5 (evaluate.py, ensemble.py) on the same clips: paired bootstrap B − A")
     parser.add_argument("--split", default="val", choices=("val", "eval"), help="with --ckpts: the scored split")
     parser.add_argument("--data-root", help="with --ckpts: score on this data root instead of the stored one")
     parser.add_argument("--cache-dir", help="with --ckpts: where the data's HDF5 caches are")
@@ -372,8 +439,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> list[Path]:
     out = Path(args.out)
-    if bool(args.dir) == bool(args.ckpts):
-        raise ValueError("give sweep dirs, or --ckpts A B (not both)")
+    if sum(map(bool, (args.dir, args.ckpts, args.preds))) != 1:
+        raise ValueError("give sweep dirs, --ckpts A B or --preds A B (one of them)")
+    if args.preds:
+        paths = compare_predictions([Path(p).resolve() for p in args.preds], out, args.replicates, args.level,
+                                    args.seed)
+        print((out / "paired.md").read_text())
+        return paths
     if args.ckpts:
         overrides = {k: v for k, v in (("root", args.data_root), ("cache_dir", args.cache_dir)) if v}
         paths = compare_checkpoints([Path(p).resolve() for p in args.ckpts], args.split, out, overrides,

@@ -296,6 +296,56 @@ def test_compare_two_checkpoints(seed_sweep, tmp_path):
     assert same["mAP"]["diff"] == 0 and same["mAP"]["p"] == 1
 
 
+def _predictions(d: Path, scores: torch.Tensor, labels: torch.Tensor, vids: list[str] | None = None,
+                 per_class: bool = True) -> Path:
+    """A predictions.h5 and per_class.csv as evaluate.py writes them, from given scores."""
+    from aer.evaluate import PER_CLASS_COLUMNS, write_predictions
+
+    d.mkdir(parents=True)
+    vids = vids or [f"clip{i}" for i in range(len(labels))]
+    write_predictions(d / "predictions.h5", scores.numpy(), labels.numpy(), vids, {"split": "val"})
+    if per_class:
+        with open(d / "per_class.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(PER_CLASS_COLUMNS)
+            for i in range(labels.shape[1]):
+                w.writerow([i, f"/m/{i}", f"class {i}", int(labels[:, i].sum()), 10 * (i + 1)] + [""] * 7)
+    return d / "predictions.h5"
+
+
+def test_compare_two_predictions_files(tmp_path):
+    scores, labels = _data(300, 6, seed=4)
+    better = torch.where(labels, scores + 0.3, scores)  # every positive ranked higher: a better model
+    a, b = _predictions(tmp_path / "a", scores, labels), _predictions(tmp_path / "b", better, labels)
+    out = tmp_path / "paired"
+    assert main(["--preds", str(a), str(b), "--out", str(out), "--replicates", "200"]) == 0
+    paired = json.loads((out / "paired.json").read_text())
+    assert paired["split"] == "val" and paired["mAP"]["replicates"] == 200
+    assert paired["mAP"]["a"] == pytest.approx(summarize(scores, labels)["mAP"], abs=1e-6)
+    assert paired["mAP"]["diff"] == pytest.approx(summarize(better, labels)["mAP"] - paired["mAP"]["a"], abs=1e-6)
+    assert paired["mAP"]["diff"] > 0 and paired["mAP"]["ci_low"] > 0
+    rows = list(csv.DictReader(open(out / "per_class_diff.csv")))
+    assert [(r["name"], r["train_positives"]) for r in rows] == [(f"class {i}", str(10 * (i + 1))) for i in range(6)]
+    assert (out / "ap_vs_train_positives.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["--preds", str(a), str(a), "--out", str(tmp_path / "same"), "--replicates", "50"]) == 0
+    same = json.loads((tmp_path / "same" / "paired.json").read_text())
+    assert same["mAP"]["diff"] == 0 and same["mAP"]["p"] == 1
+
+
+def test_compare_predictions_refuses_what_cannot_be_paired(tmp_path, capsys):
+    scores, labels = _data(50, 4, seed=5)
+    a = _predictions(tmp_path / "a", scores, labels)
+    other = _predictions(tmp_path / "other", scores, labels, vids=[f"x{i}" for i in range(50)])
+    bare = _predictions(tmp_path / "bare", scores, labels, per_class=False)
+    for b, needle in ((other, "score different clips"), (bare, "bare/per_class.csv: no such file"),
+                      (tmp_path / "none.h5", "none.h5: no such predictions file")):
+        assert main(["--preds", str(a), str(b), "--out", str(tmp_path / "o")]) != 0
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert main(["--preds", str(a), str(a), "--ckpts", "x", "y", "--out", str(tmp_path / "o")]) != 0
+    assert "one of them" in capsys.readouterr().err
+
+
 # ---- per class and ontology
 def _ontology(path: Path, mids: list[str]) -> Path:
     entries = [
