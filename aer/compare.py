@@ -306,7 +306,8 @@ def load_predictions(path: Path) -> dict:
     table = path.parent / "per_class.csv"
     if not table.is_file():
         raise FileNotFoundError(f"{table}: no such file; it is written with {path.name} and names the classes")
-    rows = list(csv.DictReader(open(table, newline="")))
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
     if len(rows) != probs.shape[1] or not rows or not {"mid", "name", "train_positives"} <= set(rows[0]):
         raise ValueError(f"{table}: expected {probs.shape[1]} rows with mid, name and train_positives, "
                          f"got {len(rows)}")
