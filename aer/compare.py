@@ -286,23 +286,10 @@ def write_paired(out: Path, paths: list[Path], split: str, paired: dict) -> list
 def load_predictions(path: Path) -> dict:
     """probs, labels and clip ids of an evaluate.py / ensemble.py predictions.h5, its split, and the class
     names and training positives of the per_class.csv written beside it."""
-    import h5py
+    from aer.evaluate import read_predictions
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such predictions file (evaluate.py and ensemble.py write predictions.h5)")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in ("probs", "labels", "video_id") if k not in f]
-            if missing:
-                raise ValueError(f"{path}: no dataset {missing[0]!r}; expected probs, labels and video_id")
-            probs, labels = f["probs"][()], f["labels"][()]
-            vids = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][()]])
-            split = str(f.attrs.get("split", ""))
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
-    if probs.ndim != 2 or probs.shape != labels.shape or len(vids) != len(probs):
-        raise ValueError(f"{path}: probs {probs.shape}, labels {labels.shape} and video_id ({len(vids)},) "
-                         f"must be (N, C), (N, C) and (N,)")
+    pred = read_predictions(path)
+    probs = pred["probs"]
     table = path.parent / "per_class.csv"
     if not table.is_file():
         raise FileNotFoundError(f"{table}: no such file; it is written with {path.name} and names the classes")
@@ -312,7 +299,7 @@ def load_predictions(path: Path) -> dict:
         raise ValueError(f"{table}: expected {probs.shape[1]} rows with mid, name and train_positives, "
                          f"got {len(rows)}")
     train = [r["train_positives"] for r in rows]
-    return {"probs": probs.astype(np.float32), "labels": labels.astype(bool), "video_id": vids, "split": split,
+    return {**{k: pred[k] for k in ("probs", "labels", "video_id")}, "split": str(pred["attrs"].get("split", "")),
             "class_names": [(r["mid"], r["name"]) for r in rows],
             "train_positives": None if "" in train else np.asarray([int(t) for t in train])}
 

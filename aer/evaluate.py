@@ -97,6 +97,29 @@ def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, video_i
             f.attrs[k] = v if isinstance(v, (int, float, str)) else str(v)
 
 
+def read_predictions(path: Path) -> dict:
+    """What write_predictions wrote: probs float32 (N, C), labels bool (N, C), video_id str (N,) and the attrs;
+    a missing or malformed file is a one-line error naming it."""
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such predictions file (evaluate.py and ensemble.py write predictions.h5)")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("probs", "labels", "video_id") if k not in f]
+            if missing:
+                raise ValueError(f"{path}: no dataset {missing[0]!r}; expected probs, labels and video_id")
+            probs, labels = f["probs"][()], f["labels"][()]
+            vids = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in f["video_id"][()]])
+            attrs = dict(f.attrs)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+    if probs.ndim != 2 or probs.shape != labels.shape or len(vids) != len(probs):
+        raise ValueError(f"{path}: probs {probs.shape}, labels {labels.shape} and video_id ({len(vids)},) "
+                         f"must be (N, C), (N, C) and (N,)")
+    return {"probs": probs.astype(np.float32), "labels": labels.astype(bool), "video_id": vids, "attrs": attrs}
+
+
 def _num(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.10g}"
 
