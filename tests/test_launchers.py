@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, TINY, run_script
+from conftest import CONF, TINY, compose_cfg, run_script
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher"
 SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
@@ -139,10 +139,28 @@ def test_slurm_ddp_preset_sizes_the_allocation_from_the_trainer(tmp_path, fake_s
         assert f"#SBATCH {flag}" in script, (flag, script)
 
 
+def test_best_ensemble_members_are_their_experiments_with_what_the_member_adds():
+    """Each member=NAME job of experiment=best_ensemble is the experiment its member file names, with
+    that file's own keys on top, and nothing of best_ensemble itself; the sweep trains every member."""
+    from omegaconf import OmegaConf
+
+    members = sorted(p.stem for p in (CONF / "member").glob("*.yaml"))
+    ensemble = OmegaConf.load(CONF / "experiment" / "best_ensemble.yaml")
+    assert sorted(str(ensemble.hydra.sweeper.params.member).split(",")) == members
+    assert str(ensemble.hydra.sweeper.params.seed) == "1,2,3"
+    for member in members:
+        spec = OmegaConf.load(CONF / "member" / f"{member}.yaml")
+        (base,) = [d.removeprefix("/experiment/") for d in spec.pop("defaults")]
+        expected = OmegaConf.merge(compose_cfg("train", [f"experiment={base}", "seed=2"]), spec)
+        job = compose_cfg("train", ["experiment=best_ensemble", f"member={member}", "seed=2"])
+        assert OmegaConf.to_container(job) == OmegaConf.to_container(expected), member
+
+
 @pytest.mark.slow
 def test_best_ensemble_trains_its_members_and_ensembles_them_in_one_command(demo_root, tmp_path):
-    """experiment=best_ensemble: a multirun without -m, then aer.sweep.EnsembleSweep on the dev split."""
-    args = ("experiment=best_ensemble", "hydra.sweeper.params.seed='1,2'", "model.hidden=16", "swa.epoch_start=1",
+    """experiment=best_ensemble: a multirun without -m over its members, then aer.sweep.EnsembleSweep on
+    the dev split."""
+    args = ("experiment=best_ensemble", "hydra.sweeper.params.seed='1'", "swa.epoch_start=1",
             *JOB_ARGS, "trainer.max_epochs=2", "hydra.callbacks.ensemble.replicates=20")
     proc = run_script("train.py", *args, f"data.root={demo_root}", f"paths.log_dir={tmp_path}", timeout=600)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
@@ -151,7 +169,9 @@ def test_best_ensemble_trains_its_members_and_ensembles_them_in_one_command(demo
     ens = json.loads((sweep / "ensemble" / "ensemble.json").read_text())
     assert ens["split"] == "val" and len(ens["members"]) == 2
     assert [Path(m["ckpt"]).parts[-3] for m in ens["members"]] == ["0", "1"]
-    assert all(m["ckpt"].endswith("swa.ckpt") for m in ens["members"])  # experiment=best: SWA's averaged weights
+    assert [m["model"] for m in ens["members"]] == ["multiattention", "transformer"]
+    assert ens["members"][0]["ckpt"].endswith("swa.ckpt")  # experiment=best: SWA's averaged weights
+    assert not ens["members"][1]["ckpt"].endswith("swa.ckpt")  # experiment=transformer: no SWA
     metrics = json.loads((sweep / "ensemble" / "metrics.json").read_text())
     assert metrics["val/mAP_ci_low"] <= metrics["val/mAP"] <= metrics["val/mAP_ci_high"]
     assert "ensemble of 2 on split=val" in proc.stdout
