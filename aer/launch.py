@@ -80,11 +80,11 @@ def ddp_launch(trainer: pl.Trainer) -> Iterator[None]:
 
 
 def _finish_wandb() -> None:
-    """Lightning's WandbLogger leaves its run open, and a sweep's next job would log into it. `finish`
-    alone only asks W&B's service process to close the run's transaction log (run-*.wandb), which it
-    does later: under load CI read a finished job's log with nothing in it but its header. Tearing
-    the service down waits for it to write and close every log, so a job's log is whole when the job
-    returns, and the next job starts its own service (about a second)."""
+    """Lightning's WandbLogger leaves its run open, and a sweep's next job would log into it. After
+    `finish`, W&B's service process still holds the run's transaction log (run-*.wandb) and closes it
+    when it likes: once, under load, CI read a finished job's log holding nothing but its header.
+    Tearing the service down waits for it to write and close every log it holds, so a job's log is
+    whole when the job returns; the next job starts a service of its own (about a second)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()

@@ -81,7 +81,7 @@ def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypa
     pytest.importorskip("wandb", reason="wandb is not installed: pip install -e '.[track]'")
     for var, sub in (("WANDB_DIR", ""), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache")):
         monkeypatch.setenv(var, str(tmp_path / sub))  # wandb's own settings and caches, off the home dir
-    monkeypatch.setenv("WANDB_CONSOLE", "off")  # wandb's console capture fights pytest's over stdout
+    monkeypatch.setenv("WANDB_CONSOLE", "off")  # wandb and pytest would both redirect stdout
     logs = []
     for name in ("a", "b"):  # two runs in one process, as a sweep's jobs: the first must not absorb the second
         out = tmp_path / name
