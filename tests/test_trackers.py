@@ -76,6 +76,12 @@ def test_many_loggers_store_the_same_val_map_series(demo_root, tmp_path):
     assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= set(_artifacts(client, mlrun.info.run_id))
 
 
+def _service_log(run_log: Path) -> str:
+    """The tail of the W&B service's own account of a run, read only when a check on the run fails."""
+    internal = run_log.parent / "logs" / "debug-internal.log"
+    return internal.read_text()[-2000:] if internal.exists() else f"no {internal}"
+
+
 @pytest.mark.slow  # wandb runs a service process
 def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is not installed: pip install -e '.[track]'")
@@ -93,6 +99,4 @@ def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypa
     for path in logs:
         data = path.read_bytes()
         assert data.startswith(b":W&B")  # wandb's transaction log; its records hold the logged keys
-        internal = path.parent / "logs" / "debug-internal.log"  # the service's own account, if it failed
-        why = internal.read_text()[-2000:] if internal.exists() else f"no {internal}"
-        assert b"val/mAP" in data and b"optim.lr" in data, (path, len(data), why)
+        assert b"val/mAP" in data and b"optim.lr" in data, (path, len(data), _service_log(path))
