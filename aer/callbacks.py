@@ -50,25 +50,29 @@ class Throughput(pl.Callback):
 
 
 class BestMetric(pl.Callback):
-    """Tracks the best value a metric reached at any validation (kept across a resume)."""
+    """Tracks the best value a metric reached at any validation, and the epoch last validated (both
+    kept across a resume)."""
 
     def __init__(self, monitor: str = "val/mAP", mode: str = "max") -> None:
         self.monitor, self.mode = monitor, mode
         self.best: float | None = None
+        self.validated_epoch: int | None = None  # trainer.current_epoch (0-based) at the last validation
 
     # on_validation_end: callbacks' epoch-end hooks run before the module logs the epoch's metrics
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
+        self.validated_epoch = trainer.current_epoch
         v = float(trainer.callback_metrics[self.monitor])
         if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
             self.best = v
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "validated_epoch": self.validated_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
+        self.validated_epoch = state.get("validated_epoch")
 
 
 class FrozenHeap(pl.Callback):

@@ -211,12 +211,18 @@ def _run(cfg: DictConfig, timing: JobTiming) -> dict:
         best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")
         trainer.save_checkpoint(best_path)
     # Validate the weights the model holds after fit when the last epoch's metrics do not describe
-    # them: SWA's averaged weights, or a resume from a checkpoint that had already finished training
-    # (a run killed after its last epoch was saved, before metrics.json), where fit ran no epoch.
-    resumed_finished = "val/mAP" not in metrics and trainer.limit_val_batches
-    if not final and (cfg.swa.enabled or resumed_finished):
+    # them: SWA's averaged weights; a resume from a checkpoint that had already finished training
+    # (a run killed after its last epoch was saved, before metrics.json), where fit ran no epoch; a
+    # last epoch that trainer.check_val_every_n_epoch skipped.
+    validated = ours["best"].validated_epoch  # fit's last validation (0-based); the weights are current_epoch - 1's
+    resumed_finished = "val/mAP" not in metrics and ckpt_path is not None
+    skipped = not resumed_finished and (validated is None or validated < trainer.current_epoch - 1)
+    if not final and (cfg.swa.enabled or trainer.limit_val_batches and (resumed_finished or skipped)):
         if resumed_finished:
             log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
+        elif skipped:
+            log.info("fit did not validate the last epoch (%d; trainer.check_val_every_n_epoch=%d): validating the "
+                     "final weights", trainer.current_epoch, trainer.check_val_every_n_epoch)
         metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
     if final:
         for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items():

@@ -143,6 +143,22 @@ def test_same_command_twice_gives_same_metrics(demo_root, tmp_path):
     assert [results[0][k] for k in keys] == [results[1][k] for k in keys]
 
 
+def test_metrics_describe_the_final_weights_when_validating_every_n_epochs(demo_root, tmp_path):
+    """trainer.check_val_every_n_epoch=N: where N does not divide the epochs, fit's last validation is
+    an earlier epoch's; the run then validates the final weights, so metrics.json says what they score."""
+    results = {}
+    for every in (1, 2, 3):
+        out = tmp_path / str(every)
+        results[every] = run(compose_cfg("train", train_overrides(
+            demo_root, out, "trainer.max_epochs=3", f"trainer.check_val_every_n_epoch={every}")))
+        assert results[every]["epochs"] == 3
+        assert json.loads((out / "metrics.json").read_text())["val/mAP"] == results[every]["val/mAP"]
+    for every in (2, 3):
+        for key in ("val/mAP", "val/mAUC"):
+            assert results[every][key] == pytest.approx(results[1][key], abs=1e-6), (every, key)
+        assert results[every]["val/mAP_best"] >= results[every]["val/mAP"]
+
+
 def test_final_mode_tests_last_epoch_on_eval(demo_root, tmp_path):
     result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, "data.mode=final")))
     for key in ("test/mAP", "test/mAUC", "test/dprime"):
