@@ -15,10 +15,13 @@ aer's resident memory at every epoch's end shows whether it stays flat.
 
 With `--variants init` the same is done for the report's initialization study: the 6-job sweep
 `python train.py -m experiment=report_init ...` (one process, jobs one after another) against the
-plain script training the 6 inits one after another in one process.
+plain script training the 6 inits one after another in one process. With `--variants once` the aer
+job does the plain script's work: `trainer.check_val_every_n_epoch=EPOCHS`, one validation, at the
+end. For fc and init the bench also prints what the validations the plain script does not run cost
+(aer's own seconds per validation times their number), against the plain job's time.
 
     python bench/job_speed.py [--root ../shared/data/audioset] [--cache-dir DIR] [--epochs 50]
-        [--threads 1] [--rounds 1] [--variants fc,init]
+        [--threads 1] [--rounds 1] [--variants fc,init,once]
 
 Everything is written under a temp dir (the cache too, unless --cache-dir names one).
 """
@@ -97,8 +100,10 @@ def aer_run(args, cache_dir: str, variant: str, tmp: Path, i: int, env: dict) ->
     run_dir = tmp / f"aer-{i}"
     common = ["data=audioset", f"data.root={args.root}", f"data.cache_dir={cache_dir}", f"threads={args.threads}",
               f"trainer.max_epochs={args.epochs}"]
-    if variant == "fc":
+    if variant in ("fc", "once"):
         cmd = [sys.executable, "train.py", "experiment=report_fc", *common, f"hydra.run.dir={run_dir}"]
+        if variant == "once":  # the plain script's one validation, at the end
+            cmd.append(f"trainer.check_val_every_n_epoch={args.epochs}")
     else:
         cmd = [sys.executable, "train.py", "-m", "experiment=report_init", *common, f"hydra.sweep.dir={run_dir}"]
     t0, wall, rss, rc = timed(cmd, tmp / f"aer-{i}.log", env)
@@ -134,13 +139,14 @@ def flatness(rss: list[float]) -> str:
 
 
 def measure(args, variant: str, cache: Path, split: Path, tmp: Path, env: dict) -> None:
-    inits = "xavier" if variant == "fc" else INITS
+    inits = INITS if variant == "init" else "xavier"
     plains, aers = [plain_run(args, cache, split, inits, tmp / variant, 0, env)], []
     for i in range(args.rounds):
         aers.append(aer_run(args, str(cache.parent), variant, tmp / variant, i, env))
         plains.append(plain_run(args, cache, split, inits, tmp / variant, i + 1, env))
     ratios = [a["wall"] / ((p0["wall"] + p1["wall"]) / 2) for a, p0, p1 in zip(aers, plains, plains[1:])]
-    name = "train.py experiment=report_fc" if variant == "fc" else "train.py -m experiment=report_init (6 jobs)"
+    name = {"fc": "train.py experiment=report_fc", "init": "train.py -m experiment=report_init (6 jobs)",
+            "once": f"train.py experiment=report_fc trainer.check_val_every_n_epoch={args.epochs}"}[variant]
     print(f"\n== {name}, {args.epochs} epochs, {args.threads} thread(s), {args.rounds} round(s), "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'process':10} {'wall s':>7} " + " ".join(f"{p:>11}" for p in PHASES) + f" {'peak RSS MB':>12}  val mAP")
@@ -153,6 +159,14 @@ def measure(args, variant: str, cache: Path, split: Path, tmp: Path, env: dict) 
     print(f"aer / plain wall time: median {med:.3f} over {len(ratios)} pair(s) "
           f"(each over the mean of the plain runs before and after it; range {min(ratios):.3f}-{max(ratios):.3f}); "
           f"target <= {TARGET}: {'ok' if med <= TARGET else 'MISSED'}")
+    if variant != "once":
+        jobs = len(inits.split(","))
+        validations, plain_s = jobs * args.epochs, statistics.mean(p["wall"] for p in plains)
+        each = statistics.mean(a["phases"]["validation"] for a in aers) / validations
+        extra = (validations - jobs) * each
+        print(f"validations the plain script does not run: {validations - jobs}, {extra:.1f} s ({each * 1e3:.0f} ms "
+              f"each, aer's own) = {extra / plain_s:.1%} of the plain job's {plain_s:.1f} s; start-up "
+              f"{statistics.mean(a['phases']['startup'] for a in aers) - plains[0]['phases']['startup']:+.1f} s")
     for i, a in enumerate(aers):
         print(f"aer run {i} resident memory at each epoch's end: {flatness(a['rss_epochs'])}")
     print("phases: startup = process start to the first line of work (interpreter, imports, Hydra; in a sweep "
@@ -167,14 +181,15 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=1, help="aer jobs, each between two plain ones")
-    p.add_argument("--variants", default="fc,init", help="fc: one report_fc job; init: the 6-job report_init sweep")
+    p.add_argument("--variants", default="fc,init", help="fc: one report_fc job; init: the 6-job report_init sweep; "
+                   "once: the report_fc job validating once, at the end, as the plain script does")
     args = p.parse_args()
     if not (Path(args.root) / "bal_train").is_dir():
         print(f"skipped: no bal_train split at {args.root} (the real data lives in ../shared)")
         return 0
     variants = args.variants.split(",")
-    if set(variants) - {"fc", "init"}:
-        p.error(f"--variants {args.variants}: expected fc, init or both")
+    if set(variants) - {"fc", "init", "once"}:
+        p.error(f"--variants {args.variants}: expected some of fc, init, once")
     with tempfile.TemporaryDirectory(prefix="aer-job-speed-") as tmp:
         tmp = Path(tmp)
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's aer

@@ -55,12 +55,21 @@ def test_the_plain_jobs_scores_are_aers():
 
 @pytest.mark.slow
 def test_the_bench_on_the_demo_set(demo_root, tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH), "--root", str(demo_root), "--epochs", "2", "--variants", "fc"],
-                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    cmd = [sys.executable, str(BENCH), "--root", str(demo_root), "--epochs", "2", "--variants", "fc,once"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert re.search(r"aer / plain wall time: median \d+\.\d+ over 1 pair", out)
-    rows = [ln.split() for ln in out.splitlines() if re.match(r"(plain|aer) +\d", ln)]  # the table's rows
-    assert [r[0] for r in rows] == ["plain", "aer", "plain"]
-    assert all(float(r[-2]) > 100 for r in rows)  # peak RSS MB, each process's own
-    assert "resident memory at each epoch's end: 2 epochs, too few to judge" in out
+    sections = out.split("\n== ")[1:]
+    assert [s.split(",")[0] for s in sections] == ["train.py experiment=report_fc",
+                                                    "train.py experiment=report_fc trainer.check_val_every_n_epoch=2"]
+    maps = []
+    for section in sections:
+        assert re.search(r"aer / plain wall time: median \d+\.\d+ over 1 pair", section)
+        rows = [ln.split() for ln in section.splitlines() if re.match(r"(plain|aer) +\d", ln)]  # the table's rows
+        assert [r[0] for r in rows] == ["plain", "aer", "plain"]
+        assert all(float(r[-2]) > 100 for r in rows)  # peak RSS MB, each process's own
+        assert "resident memory at each epoch's end: 2 epochs, too few to judge" in section
+        maps.append(rows[1][-1])
+    assert maps[0] == maps[1]  # validating once, at the end, scores the same final weights
+    assert re.search(r"validations the plain script does not run: 1, \d+\.\d s \(\d+ ms each", sections[0])
+    assert "validations the plain script does not run" not in sections[1]
