@@ -93,7 +93,9 @@ def plain_run(args, cache: Path, split: Path, inits: str, tmp: Path, i: int, env
         phases["validation"] += r["validated"] - r["trained"]
         prev = r["validated"]
     phases["exit"] = wall - (prev - t0)
-    return {"wall": wall, "rss": rss, "phases": phases, "mAP": [r["mAP"] for r in t["runs"]], "rss_epochs": []}
+    forward = statistics.mean(r["forwarded"] - r["trained"] for r in t["runs"])  # one pass over the val clips
+    return {"wall": wall, "rss": rss, "phases": phases, "mAP": [r["mAP"] for r in t["runs"]], "rss_epochs": [],
+            "forward": forward}
 
 
 def aer_run(args, cache_dir: str, variant: str, tmp: Path, i: int, env: dict) -> dict:
@@ -164,8 +166,11 @@ def measure(args, variant: str, cache: Path, split: Path, tmp: Path, env: dict) 
         validations, plain_s = jobs * args.epochs, statistics.mean(p["wall"] for p in plains)
         each = statistics.mean(a["phases"]["validation"] for a in aers) / validations
         extra = (validations - jobs) * each
+        forward = statistics.mean(p["forward"] for p in plains) * (validations - jobs)
         print(f"validations the plain script does not run: {validations - jobs}, {extra:.1f} s ({each * 1e3:.0f} ms "
-              f"each, aer's own) = {extra / plain_s:.1%} of the plain job's {plain_s:.1f} s; start-up "
+              f"each, aer's own) = {extra / plain_s:.1%} of the plain job's {plain_s:.1f} s; their forward passes "
+              f"alone, at the plain script's own pass over the validation clips, {forward:.1f} s = "
+              f"{forward / plain_s:.1%}; start-up "
               f"{statistics.mean(a['phases']['startup'] for a in aers) - plains[0]['phases']['startup']:+.1f} s")
     for i, a in enumerate(aers):
         print(f"aer run {i} resident memory at each epoch's end: {flatness(a['rss_epochs'])}")

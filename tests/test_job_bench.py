@@ -72,4 +72,6 @@ def test_the_bench_on_the_demo_set(demo_root, tmp_path):
         maps.append(rows[1][-1])
     assert maps[0] == maps[1]  # validating once, at the end, scores the same final weights
     assert re.search(r"validations the plain script does not run: 1, \d+\.\d s \(\d+ ms each", sections[0])
+    assert re.search(r"their forward passes alone, at the plain script's own pass over the validation clips, "
+                     r"\d+\.\d s = \d+\.\d%", sections[0])
     assert "validations the plain script does not run" not in sections[1]
