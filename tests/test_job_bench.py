@@ -68,10 +68,10 @@ def test_the_bench_on_the_demo_set(demo_root, tmp_path):
         rows = [ln.split() for ln in section.splitlines() if re.match(r"(plain|aer) +\d", ln)]  # the table's rows
         assert [r[0] for r in rows] == ["plain", "aer", "plain"]
         assert all(float(r[-2]) > 100 for r in rows)  # peak RSS MB, each process's own
-        assert "resident memory at each epoch's end: 2 epochs, too few to judge" in section
+        assert re.search(r"resident memory at each epoch's end.*: [12] epochs, too few to judge", section)
         maps.append(rows[1][-1])
     assert maps[0] == maps[1]  # validating once, at the end, scores the same final weights
     assert re.search(r"validations the plain script does not run: 1, \d+\.\d s \(\d+ ms each", sections[0])
-    assert re.search(r"their forward passes alone, at the plain script's own pass over the validation clips, "
-                     r"\d+\.\d s = \d+\.\d%", sections[0])
+    assert re.search(r"their forward passes alone, at a plain forward pass over the validation clips "
+                     r"\(\d+ ms\), \d+\.\d s = \d+\.\d%", sections[0])
     assert "validations the plain script does not run" not in sections[1]
