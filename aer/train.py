@@ -117,8 +117,11 @@ def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.save_last is True and cb.monitor and cb.dirpath:
             cb.save_last = False
+            # save_on_train_epoch_end: Lightning's default moves it to validation's end, and so to every
+            # Nth epoch only, where trainer.check_val_every_n_epoch=N > 1
             return [ModelCheckpoint(dirpath=cb.dirpath, filename=cb.CHECKPOINT_NAME_LAST, monitor=None,
-                                    save_top_k=1, save_last=False, enable_version_counter=False)]
+                                    save_top_k=1, save_last=False, enable_version_counter=False,
+                                    save_on_train_epoch_end=True)]
     return []
 
 

@@ -157,6 +157,12 @@ def test_metrics_describe_the_final_weights_when_validating_every_n_epochs(demo_
         for key in ("val/mAP", "val/mAUC"):
             assert results[every][key] == pytest.approx(results[1][key], abs=1e-6), (every, key)
         assert results[every]["val/mAP_best"] >= results[every]["val/mAP"]
+    import torch
+
+    # last.ckpt is still written after every epoch: it holds the final weights
+    for every in (1, 2, 3):
+        last = torch.load(results[every]["last_ckpt"], weights_only=True, map_location="cpu")
+        assert (last["epoch"], last["global_step"]) == (2, results[1]["global_step"]), every
 
 
 def test_final_mode_tests_last_epoch_on_eval(demo_root, tmp_path):
