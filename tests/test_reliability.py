@@ -411,8 +411,8 @@ def test_a_config_error_in_a_multirun_job_is_one_line_and_the_sweep_goes_on(demo
 
 @pytest.mark.slow
 def test_a_failed_conversion_stops_its_workers_whatever_sigterm_handler_they_inherit(demo_root, tmp_path):
-    # Pool.terminate() stops workers with SIGTERM; a Python handler inherited from the parent (Lightning
-    # installs one in a training process) must not keep them waiting on their task pipe for ever.
+    # A Python SIGTERM handler inherited from the parent (Lightning installs one in a training process)
+    # must not keep the other workers alive, waiting on their task pipes, once one has failed.
     src = tmp_path / "bal_train"
     shutil.copytree(demo_root / "bal_train", src)
     last = sorted(src.glob("*.tfrecord"))[-1]

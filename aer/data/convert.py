@@ -8,11 +8,11 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import sys
 import time
 import typing
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,8 +299,7 @@ def _worker_init(parent: int) -> None:
     for ever. Ctrl-C reaches the whole process group: the parent handles it, the workers ignore it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Pool.terminate() stops workers with SIGTERM: a handler inherited from the parent (Lightning installs
-    # one) would only set a flag while the worker waits on its task pipe, and terminate() would wait for ever.
+    # a handler inherited from the parent (Lightning installs one for SIGTERM) must not keep a worker alive
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -309,34 +308,83 @@ def _worker_init(parent: int) -> None:
         os._exit(1)
 
 
+def _serve(conn, parent: int) -> None:
+    """A conversion worker: reads the groups of shards its pipe brings, sends back each one's results
+    (or the error that stopped it), until the pipe brings None or closes."""
+    _worker_init(parent)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            out = ("ok", _read_group(*task))
+        except Exception as e:
+            out = ("error", e)
+        try:
+            conn.send(out)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:  # an error that does not pickle: its text
+            conn.send(("error", RuntimeError(f"{out[1]!r} (sent as text: {e})")))
+
+
 def _results(shards: list[Path], workers: int, on_bad_record: str, num_classes: int):
-    """Shard results in shard order; at most a few groups of shards per worker are in flight."""
+    """Shard results in shard order; at most two groups of shards per worker are in flight.
+
+    Each worker has a pipe of its own and group i goes to worker i mod workers, so results are read
+    back in order from one pipe at a time. No lock or queue is shared between processes and no thread
+    manages them, so stopping them on an error, a full disk or Ctrl-C is a SIGKILL that cannot hang:
+    multiprocessing.Pool's terminate() can wait for ever on the result queue's lock when a worker
+    it stops held it (seen as a hung Ctrl-C of a 2-worker conversion under load).
+    """
     if workers <= 1:
         for p in shards:
             yield read_shard(str(p), on_bad_record, num_classes)
         return
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    # Ctrl-C is held back while the pool starts: raised half-way through Pool(), it leaves workers
-    # and threads that the pool's exit handler then waits on. It is raised below, where terminate() runs.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    groups = [(g, on_bad_record, num_classes) for g in _groups(shards)]
+    workers = max(1, min(workers, len(groups)))
+    procs, conns = [], []
     try:
-        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+        # Ctrl-C is held back while the workers start, so that each one started is one we stop below.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(workers):
+                ours, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_serve, args=(theirs, os.getpid()), daemon=True)
+                proc.start()
+                theirs.close()
+                procs.append(proc)
+                conns.append(ours)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        sent = 0
+        for i in range(len(groups)):
+            while sent < len(groups) and sent < i + 2 * workers:
+                conns[sent % workers].send(groups[sent])
+                sent += 1
+            w = i % workers
+            try:
+                status, value = conns[w].recv()
+            except EOFError:
+                procs[w].join(1)
+                raise RuntimeError(f"conversion worker pid {procs[w].pid} died (exit code {procs[w].exitcode}) "
+                                   f"reading {groups[i][0][0]} and the shards after it") from None
+            if status == "error":
+                raise value
+            yield from _unpacked(value, num_classes)
+        for c in conns:
+            c.send(None)
+        for proc in procs:
+            proc.join()
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    try:
-        pending: deque = deque()
-        for group in _groups(shards):
-            pending.append(pool.apply_async(_read_group, (group, on_bad_record, num_classes)))
-            if len(pending) >= 2 * workers:
-                yield from _unpacked(pending.popleft().get(), num_classes)
-        while pending:
-            yield from _unpacked(pending.popleft().get(), num_classes)
-        pool.close()
-    except BaseException:
-        pool.terminate()  # a worker's error, a full disk or Ctrl-C: stop the others now, not after their tasks
-        raise
-    finally:
-        pool.join()
+        for proc in procs:  # a worker's error, a full disk or Ctrl-C: stop the others now, not after their tasks
+            if proc.exitcode is None:
+                proc.kill()
+            proc.join()
+        for c in conns:
+            c.close()
 
 
 def partial_path(out: Path) -> Path:
@@ -408,8 +456,10 @@ def _write(tmp: Path, src: Path, shards: list[Path], fp: str, workers: int, on_b
             rows = 0
             bar = tqdm(total=len(shards), unit="shard", desc=f"convert {src.name}",
                        disable=(not progress) if progress is not None else None, dynamic_ncols=True)
-            with bar:
-                for shard, res in zip(shards, _results(shards, workers, on_bad_record, num_classes)):
+            # closing: an error or Ctrl-C here, outside the generator, stops its workers now, not when it is collected
+            results = contextlib.closing(_results(shards, workers, on_bad_record, num_classes))
+            with bar, results as shard_results:
+                for shard, res in zip(shards, shard_results):
                     digest.update(res.digest)
                     dups = _drop_duplicates(res, seen, shard, on_bad_record)
                     n_skipped += len(res.skipped) + len(dups)
