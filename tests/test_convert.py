@@ -261,3 +261,12 @@ def test_sigkill_at_any_moment_leaves_nothing_or_the_previous_file(big, tmp_path
     assert r.returncode == 0 and "cache is fresh" in r.stdout, r.stdout + r.stderr
     assert not partial.exists(), "a killed run's .partial outlived the next run"
     assert_same(read_h5(out), want)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the workers are forked on Linux only")
+def test_a_conversion_worker_that_dies_is_named_and_leaves_nothing(demo_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(conv, "_read_group", lambda *a: os._exit(7))  # forked workers inherit it
+    out = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError, match=r"conversion worker pid \d+ died \(exit code 7\) reading \S+\.tfrecord"):
+        convert(demo_root / "bal_train", out, workers=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
