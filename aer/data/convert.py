@@ -459,7 +459,7 @@ def _write(tmp: Path, src: Path, shards: list[Path], fp: str, workers: int, on_b
             # closing: an error or Ctrl-C here, outside the generator, stops its workers now, not when it is collected
             results = contextlib.closing(_results(shards, workers, on_bad_record, num_classes))
             with bar, results as shard_results:
-                for shard, res in zip(shards, shard_results):
+                for res, shard in zip(shard_results, shards):  # the results first: their generator runs to its end
                     digest.update(res.digest)
                     dups = _drop_duplicates(res, seen, shard, on_bad_record)
                     n_skipped += len(res.skipped) + len(dups)
