@@ -141,24 +141,24 @@ def flatness(rss: list[float]) -> str:
 
 
 def forward_seconds(cache: Path, split: Path, threads: int, passes: int = 7) -> float:
-    """The median time of a plain, warm forward pass of FC 1280-500-527 over the dev split's validation
-    clips (uint8 gathered, x/255, sigmoid; no metrics), in this process: what a validation cannot cost less than."""
+    """The median time of the plain script's validation forward pass (bench/plain_job.py's val_probs: FC
+    1280-500-527 over the dev split's validation clips, no metrics), warm, in this process: what a
+    validation cannot cost less than."""
     import h5py
     import numpy as np
     import torch
-    from torch import nn
+    from plain_job import fc_net, val_probs  # bench/, this script's folder
 
     torch.set_num_threads(threads)
     with h5py.File(cache, "r") as f:
-        x = torch.from_numpy(f["features"][()])
+        x, y = torch.from_numpy(f["features"][()]), torch.from_numpy(f["labels"][:1])
     val = torch.from_numpy(np.load(split)["val"])
-    net = nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1] * x.shape[2], 500), nn.ReLU(), nn.Linear(500, 527))
+    net = fc_net(x, y)
     times = []
-    with torch.no_grad():
-        for _ in range(passes):
-            t = time.perf_counter()
-            torch.sigmoid(net(x[val].float().div(255)))
-            times.append(time.perf_counter() - t)
+    for _ in range(passes):
+        t = time.perf_counter()
+        val_probs(net, x, val)
+        times.append(time.perf_counter() - t)
     return statistics.median(times[1:])  # the first pass allocates
 
 

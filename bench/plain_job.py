@@ -65,10 +65,21 @@ def init_net(net: nn.Module, name: str, options: dict) -> None:
                 m.bias.zero_()
 
 
+def fc_net(x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    """FC 1280-500-527 for features x (clips, frames, dims) and labels y (clips, classes)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1] * x.shape[2], 500), nn.ReLU(), nn.Linear(500, y.shape[1]))
+
+
+def val_probs(net: nn.Module, x: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """The validation's forward pass: probabilities of the `val` clips."""
+    with torch.no_grad():
+        return torch.sigmoid(net(x[val].float().div(255)))
+
+
 def train_one(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, val: torch.Tensor, init: str, options: dict,
               epochs: int, batch: int, seed: int) -> dict:
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(x.shape[1] * x.shape[2], 500), nn.ReLU(), nn.Linear(500, y.shape[1]))
+    net = fc_net(x, y)
     init_net(net, init, options)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(epochs):
@@ -80,8 +91,7 @@ def train_one(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, val: torch.
             loss.backward()
             opt.step()
     t_trained = time.time()
-    with torch.no_grad():
-        probs = torch.sigmoid(net(x[val].float().div(255))).numpy()
+    probs = val_probs(net, x, val).numpy()
     mean_ap, mean_auc = ap_auc(probs, y[val].numpy())
     return {"init": init, "trained": t_trained, "validated": time.time(), "mAP": mean_ap, "mAUC": mean_auc,
             "loss": loss.item()}
