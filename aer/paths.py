@@ -1,8 +1,9 @@
 """Where aer writes by default: nowhere inside its own install (site-packages) or checkout.
 
 - run outputs: `outputs/` under the current directory (Hydra's convention), or `$AER_LOG_DIR`;
-- data aer makes (demo sets) and caches of data it did not make, venvs of `aer.frameworks`:
-  `$AER_HOME`, default `$XDG_CACHE_HOME/aer` (`~/.cache/aer`); demo sets in `$AER_DATA_DIR` if set.
+- data aer makes (demo sets) and caches of data it did not make, venvs of the checkout's framework
+  study (`python -m studies.frameworks`): `$AER_HOME`, default `$XDG_CACHE_HOME/aer` (`~/.cache/aer`);
+  demo sets in `$AER_DATA_DIR` if set.
 
 The configs reach these through the `${aer.home:}` and `${aer.cwd:}` resolvers (conf/paths/default.yaml).
 """

@@ -50,15 +50,14 @@ def test_environment_overrides(clean_env, monkeypatch):
     assert Path(cfg.data.root) == clean_env / "data" / "demo-20000-0"
 
 
-def test_caches_and_framework_venvs_live_in_aer_home(clean_env, monkeypatch):
+def test_caches_live_in_aer_home(clean_env, monkeypatch):
+    """(The framework study's venvs too: tests/studies/test_frameworks.py.)"""
     from aer.data.datamodule import default_cache_dir
-    from aer.frameworks.envs import home
 
     monkeypatch.setenv("AER_HOME", str(clean_env / "aerhome"))
     real = clean_env / "audioset"
     real.mkdir()
     assert default_cache_dir(real).parent == clean_env / "aerhome"
-    assert home() == clean_env / "aerhome" / "frameworks"
 
 
 def test_packaged_configs_are_the_checkouts(clean_env):

@@ -23,8 +23,9 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-# What the build reads: pyproject's packages (aer*, hydra_plugins*), the configs aer/conf links to, the readme
-SOURCES = ("pyproject.toml", "README.md", "aer", "conf", "hydra_plugins")
+# What the build reads: pyproject's packages (aer*, hydra_plugins*), the configs aer/conf links to, the readme;
+# and the checkout's studies and bench scripts beside them, which the build must leave out
+SOURCES = ("pyproject.toml", "README.md", "aer", "conf", "hydra_plugins", "studies", "bench")
 CLIPS = 400
 TRAIN = [f"data.demo.clips={CLIPS}", "data.demo.eval_clips=200", "data.batch_size=100", "data.convert_workers=1",
          "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "threads=1"]
@@ -126,3 +127,13 @@ def test_wheel_runs_from_an_unrelated_directory(venv, tmp_path):
     assert _files(site) == installed, "files written inside site-packages"
     # new files only: the checkout's own files may be edited meanwhile by whoever works in it
     assert sorted(set(_files(ROOT, prune=("__pycache__",))) - set(checkout)) == [], "files written in the checkout"
+
+
+def test_the_wheel_holds_the_framework_only(venv):
+    """Not the checkout's studies (python -m studies.frameworks) nor its bench scripts, nor a command for them."""
+    bin_dir, site = venv
+    (record,) = site.glob("aer-*.dist-info/RECORD")
+    files = [line.split(",")[0] for line in record.read_text().splitlines()]
+    assert any(f.startswith("aer/") for f in files)
+    assert [f for f in files if f.startswith(("studies/", "bench/", "aer/frameworks/"))] == []
+    assert not (site / "studies").exists() and not (bin_dir / "aer-frameworks").exists()

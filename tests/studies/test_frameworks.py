@@ -1,9 +1,11 @@
-"""The framework comparison: the dev split it shares with the DataModule, the trainers' file format,
-the harness end to end on demo data (plain PyTorch, aer and JAX; TensorFlow and MXNet where their
-venvs are ready), and the rows of frameworks that did not run."""
+"""The framework comparison (studies/frameworks, the checkout's study outside aer's wheel): the dev
+split it shares with the DataModule, the trainers' file format, the harness end to end on demo data
+(plain PyTorch, aer and JAX; TensorFlow and MXNet where their venvs are ready), the rows of
+frameworks that did not run, where its venvs go, and that aer imports none of it."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import runpy
@@ -15,9 +17,9 @@ import pytest
 
 from aer.data.convert import load_split
 from aer.data.datamodule import AudioSetDataModule, dev_split
-from aer.frameworks import envs, harness, summary
-from aer.frameworks.trainers import protocol
 from conftest import ROOT, TINY
+from studies.frameworks import envs, harness, summary
+from studies.frameworks.trainers import protocol
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_torch_aer_and_jax_one_epoch_on_demo_data(demo_root, tmp_path):
     if envs.import_error(sys.executable, envs.MODULES["jax"]):
         pytest.skip("jax, flax and optax are not installed here (they come with the `test` extra)")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "aer.frameworks", "--frameworks", "torch,aer,jax", "--seeds", "1",
+    proc = subprocess.run([sys.executable, "-m", "studies.frameworks", "--frameworks", "torch,aer,jax", "--seeds", "1",
                            "--epochs", "1", "--data-root", str(demo_root), "--cache-dir", str(tmp_path / "cache"),
                            "--out", str(out), "--work-dir", str(tmp_path), "--no-install"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -127,7 +129,7 @@ def test_trainers_take_turns_epoch_by_epoch(demo_root, data, tmp_path):
 def test_other_trainers_one_epoch(framework, data, tmp_path):
     python, where = envs.python_for(framework, install=False)
     if python is None:
-        pytest.skip(f"{framework}: {where}; `python -m aer.frameworks --frameworks {framework}` builds it")
+        pytest.skip(f"{framework}: {where}; `python -m studies.frameworks --frameworks {framework}` builds it")
     run = harness.run_job(framework, python, _job(data[0], framework), tmp_path, data[1], timeout=900)
     assert run["status"] == "ok", run
     assert len(run["epochs"]) == 1 and 0.0 < run["epochs"][0]["mAP"] < 1.0
@@ -217,7 +219,7 @@ def test_trainer_script_in_this_process(framework, data, tmp_path, monkeypatch, 
 
 
 def test_aer_trainer_in_this_process(demo_root, data, tmp_path, torch_threads):
-    from aer.frameworks import aer_trainer
+    from studies.frameworks import aer_trainer
 
     job = _job(data[0], "aer", data_root=str(demo_root), cache_dir=str(data[2]), val_fraction=0.2, split_seed=0)
     (tmp_path / "job.json").write_text(json.dumps(job))
@@ -229,7 +231,7 @@ def test_aer_trainer_in_this_process(demo_root, data, tmp_path, torch_threads):
 
 
 def test_replot_writes_the_table_of_an_earlier_run(tmp_path, capsys):
-    from aer.frameworks.__main__ import main
+    from studies.frameworks.__main__ import main
 
     run = {"status": "ok", "seed": 1, "versions": {"torch": "x"},
            "epochs": [{"epoch": 1, "mAP": 0.2, "mAUC": 0.8, "train_s": 1.0, "eval_s": 0.5, "elapsed_s": 1.5}]}
@@ -243,3 +245,23 @@ def test_replot_writes_the_table_of_an_earlier_run(tmp_path, capsys):
     assert "not a readable results file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--frameworks", "caffe"])
+
+
+def test_venvs_live_in_aer_home(monkeypatch, tmp_path):
+    for var in ("AER_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert envs.home() == tmp_path / "home" / ".cache" / "aer" / "frameworks"
+    monkeypatch.setenv("AER_HOME", str(tmp_path / "aerhome"))
+    assert envs.home() == tmp_path / "aerhome" / "frameworks"
+
+
+def test_aer_imports_no_study():
+    """The study imports aer; aer (what the wheel holds) imports nothing of studies/."""
+    found = []
+    for path in sorted((ROOT / "aer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "studies"]
+    assert found == []

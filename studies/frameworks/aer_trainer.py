@@ -1,5 +1,5 @@
 """The base model trained by aer itself (aer.train.run, the Tagger, Lightning), speaking the trainers'
-file format (aer/frameworks/trainers/protocol.py): `python -m aer.frameworks.aer_trainer JOB_DIR`.
+file format (studies/frameworks/trainers/protocol.py): `python -m studies.frameworks.aer_trainer JOB_DIR`.
 
 It runs `experiment=report_fc` as `python train.py` would, with its DataModule reading the data
 root and cache named in job.json (the same 80/20 split the parent cuts), its checkpoints and
@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
 import aer.paths  # noqa: F401 — registers the path resolvers the config uses
-from aer.frameworks.trainers import protocol
+from studies.frameworks.trainers import protocol
 
 
 class RecordEpochs(pl.Callback):

@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from aer.frameworks.harness import FRAMEWORKS
 from aer.utils import atomic_path, atomic_write_text, write_json
+from studies.frameworks.harness import FRAMEWORKS
 
 THRESHOLD = 0.20  # "epochs to 0.20 val mAP": how fast each converges, in epochs
 COLUMNS = ["framework", "seeds", "val mAP last", "val mAUC last", "epochs to 0.20 mAP", "train s/epoch",

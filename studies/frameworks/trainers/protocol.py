@@ -1,4 +1,4 @@
-"""The file format between `python -m aer.frameworks` (the parent) and a framework's trainer (the child).
+"""The file format between `python -m studies.frameworks` (the parent) and a framework's trainer (the child).
 
 Needs only numpy and the standard library: it runs in every framework's venv, where aer is absent.
 

@@ -20,12 +20,15 @@ import torch
 
 from aer.data.convert import load_split
 from aer.data.datamodule import AudioSetDataModule, dev_split
-from aer.frameworks.envs import python_for
-from aer.frameworks.trainers import protocol
 from aer.metrics import summarize
 from aer.utils import atomic_open, write_json
+from studies.frameworks.envs import python_for
+from studies.frameworks.trainers import protocol
 
 TRAINERS = Path(__file__).resolve().parent / "trainers"
+# the checkout holding `studies`: on the aer trainer's path (python -m studies.frameworks.aer_trainer)
+# whatever its working directory
+CHECKOUT = Path(__file__).resolve().parents[2]
 SCRIPTS = {"torch": "torch_plain.py", "tensorflow": "keras_tf.py", "mxnet": "mxnet_gluon.py", "jax": "jax_flax.py"}
 FRAMEWORKS = ("torch", "aer", "tensorflow", "mxnet", "jax")
 # The report's base model and its training; eps is PyTorch's and MXNet's Adam default (Keras': 1e-7).
@@ -65,7 +68,7 @@ def pinned_cpus(threads: int) -> list[int]:
 
 def command(framework: str, python: str, job_dir: Path) -> list[str]:
     if framework == "aer":
-        return [python, "-m", "aer.frameworks.aer_trainer", str(job_dir)]
+        return [python, "-m", "studies.frameworks.aer_trainer", str(job_dir)]
     return [python, str(TRAINERS / SCRIPTS[framework]), str(job_dir)]
 
 
@@ -75,6 +78,8 @@ def start_trainer(framework: str, python: str, job: dict, job_dir: Path) -> subp
     write_json(job_dir / "job.json", job)
     cpus = pinned_cpus(job["threads"])
     env = {**os.environ, **thread_env(job["threads"]), "PYTHONWARNINGS": "ignore"}
+    if framework == "aer":
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
     with open(job_dir / "stdout.txt", "w") as out, open(job_dir / "stderr.txt", "w") as err:
         return subprocess.Popen(command(framework, python, job_dir), stdout=out, stderr=err, env=env,
                                 preexec_fn=lambda: os.sched_setaffinity(0, cpus))

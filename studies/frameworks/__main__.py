@@ -2,13 +2,14 @@
 zero biases, Adam lr 1e-3 eps 1e-8, x/255, BCE) trained on the dev split of bal_train in plain
 PyTorch, aer (Lightning), TensorFlow (Keras), MXNet (Gluon) and JAX (Flax + Optax), side by side.
 
-    python -m aer.frameworks [--frameworks torch,aer,tensorflow,mxnet,jax] [--seeds 1,2,3] [--epochs 50]
+    python -m studies.frameworks [--frameworks torch,aer,tensorflow,mxnet,jax] [--seeds 1,2,3] [--epochs 50]
         [--threads 1] [--data-root DIR] [--cache-dir DIR] [--out DIR] [--no-install]
-    python -m aer.frameworks --replot OUT/results.json --out DIR
+    python -m studies.frameworks --replot OUT/results.json --out DIR
 
-Frameworks that do not import here get a venv of their own under $AER_HOME/frameworks (default
-~/.cache/aer/frameworks), built on first use. Writes results.json, table.md and frameworks.png
-into --out.
+Run from the root of a checkout (the study is not in aer's wheel; it imports the installed aer,
+`pip install -e ".[test]"` or ".[frameworks]" brings JAX too). Frameworks that do not import here
+get a venv of their own under $AER_HOME/frameworks (default ~/.cache/aer/frameworks), built on
+first use. Writes results.json, table.md and frameworks.png into --out.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from aer.frameworks.harness import FRAMEWORKS, run_all
-from aer.frameworks.summary import table_markdown, write_outputs
+from studies.frameworks.harness import FRAMEWORKS, run_all
+from studies.frameworks.summary import table_markdown, write_outputs
 
 
 def _ints(text: str) -> list[int]:
@@ -40,7 +41,7 @@ def _frameworks(text: str) -> list[str]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m aer.frameworks", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m studies.frameworks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frameworks", type=_frameworks, default=list(FRAMEWORKS))
     p.add_argument("--seeds", type=_ints, default=[1, 2, 3])

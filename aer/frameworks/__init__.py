@@ -1,1 +1,0 @@
-"""Train the report's base model in several frameworks and compare them (`python -m aer.frameworks`)."""
