@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from aer.models.skiplstm import frame_mask
+from aer.models.layers import frame_mask
 
 
 def drop_frames(x: torch.Tensor, lengths: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:

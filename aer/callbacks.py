@@ -10,6 +10,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EMAWeightAveraging
 
 
+class StopsRun(pl.Callback):
+    """A callback that may end a run before its last epoch; `stopped` then holds the run's status (the
+    Optuna pruning callback's "pruned"), which aer.train reports instead of judging the run."""
+
+    stopped: str | None = None
+
+
 class Throughput(pl.Callback):
     """Training clips per second of wall time, per epoch, from the epoch's start to its last batch.
 
@@ -35,7 +42,7 @@ class Throughput(pl.Callback):
         if self._clips and self._last > self._start:
             rate = self._clips / (self._last - self._start)
             self.epoch_rates.append(rate)
-            pl_module.log("train/clips_per_s_epoch", rate, rank_zero_only=True)
+            pl_module.log_epoch({"train/clips_per_s_epoch": rate})
 
     @property
     def clips_per_s(self) -> float:
@@ -150,14 +157,31 @@ class Divergence(pl.Callback):
 
 
 class EMA(EMAWeightAveraging):
-    """Lightning's EMA of the weights (aer's `ema.*`), updated after every optimizer step also where the
-    training data serves blocks of several batches (data.steps_per_fetch > 1): the Tagger then calls
-    `after_optimizer_step` after each of a block's steps, as Lightning calls on_train_batch_end after
-    each batch without blocks, so both give the same average. Lightning swaps the average in for
-    validation and into the checkpoints' state_dict, and copies it into the model when training ends."""
+    """Lightning's EMA of the weights (aer's `ema.*`), updated after every optimizer step also where a
+    training batch is a block of several (data.steps_per_fetch > 1): Lightning calls on_train_batch_end
+    once a block, so the average is also brought up to date just before each optimizer step, from a
+    hook on the optimizer (torch's `register_step_pre_hook`), when the weights are those the previous
+    step left. Lightning swaps the average in for validation and into the checkpoints' state_dict, and
+    copies it into the model when training ends."""
 
     def __init__(self, decay: float, start_step: int = 0) -> None:
         super().__init__(decay=decay, update_starting_at_step=start_step)
+        self.hooks: list = []
 
-    def after_optimizer_step(self, trainer, pl_module) -> None:
-        super().on_train_batch_end(trainer, pl_module, None, None, -1)  # updates once per optimizer step taken
+    def on_train_start(self, trainer, pl_module) -> None:
+        def before_step(*_) -> None:  # updates only for a step taken since the last update (Lightning's rule)
+            self.on_train_batch_end(trainer, pl_module, None, None, 0)
+
+        self.hooks = [opt.register_step_pre_hook(before_step) for opt in trainer.optimizers]
+
+    def _unhook(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._unhook()
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._unhook()

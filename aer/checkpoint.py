@@ -1,16 +1,19 @@
-"""Checkpoints in and out: safe loading, atomic saving, the model and the data a checkpoint was trained on.
+"""Checkpoints in and out: `Checkpoint`, the one reader of a checkpoint's layout, and atomic writing.
 
 Checkpoints are read with `torch.load(weights_only=True)`: tensors and plain containers only, so
 a checkpoint from elsewhere cannot run code on load. Any file that is missing, truncated, not a
 torch file, or not an aer `Tagger` checkpoint raises `CheckpointError` with a one-line message
-that names the file.
+that names the file. Decision thresholds live in a file beside the checkpoint they were chosen for
+(`<name>.thresholds.json`), never inside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import io
+import json
 import logging
 import os
 import pickle
@@ -19,17 +22,19 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from aer.data.datamodule import AudioSetDataModule
-from aer.module import Tagger
-from aer.schema import check
+from aer.data.datamodule import AudioSetDataModule, held_out
+from aer.data.records import NUM_CLASSES
+from aer.errors import first_sentence, one_line
+from aer.files import atomic_write_bytes, write_json
+from aer.module import CLASSES_KEY, Tagger
 from aer.settings import DataSettings
-from aer.utils import atomic_write_bytes, error_line
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +60,12 @@ def _unpickler_detail(e: BaseException) -> tuple[str | None, str]:
         return found.group(1).rstrip("."), ""
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
     reasons = [p for p in paragraphs if not _ADVICE.search(p)]
-    return None, _first_sentence(reasons[0] if reasons else error_line(e))
+    return None, first_sentence(reasons[0] if reasons else one_line(e, typed=True))
 
 
 _ADVICE = re.compile(r"weights_only|Weights only load failed|documentation of torch.load|trusted source", re.I)
 # A torch file is a zip archive (torch.save since 1.6) or, in the legacy format, a pickle.
 _MAGIC = (b"PK\x03\x04", b"\x80")
-
-
-def _first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].rstrip(".")
 
 
 def _unreadable(p: Path, e: BaseException) -> CheckpointError:
@@ -78,11 +79,11 @@ def _unreadable(p: Path, e: BaseException) -> CheckpointError:
     elif isinstance(e, pickle.UnpicklingError):
         detail = _unpickler_detail(e)[1]
     else:
-        detail = _first_sentence(error_line(e))
+        detail = first_sentence(one_line(e, typed=True))
     return CheckpointError(f"{p}: not a readable torch checkpoint (truncated or damaged): {detail}")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """The checkpoint's dict, read with weights_only=True and checked to be an aer Tagger's."""
     p = Path(path)
     if not p.exists():
@@ -112,48 +113,186 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if "model" not in hp:
         old = " (written by an aer before 0.2, which named it 'net': retrain it)" if "net" in hp else ""
         raise CheckpointError(f"{p}: not an aer checkpoint: its hyper_parameters name no model{old}")
-    if THRESHOLDS_KEY in ckpt:
-        stored_thresholds(ckpt, str(p))  # a damaged entry is reported on load, not at the first decision
     return ckpt
 
 
-# ---- decision thresholds (written by `python -m aer.thresholds`)
-THRESHOLDS_KEY = "aer_thresholds"
+THRESHOLDS_KEY = "aer_thresholds"  # thresholds an older aer wrote into the checkpoint itself
+SPLIT_KEY = "aer_split"            # what the run's data served: aer.data.datamodule.split_record
 DEFAULT_THRESHOLD = 0.5
+THRESHOLDS_SUFFIX = ".thresholds.json"
 
 
-def stored_thresholds(ckpt: dict, source: str = "checkpoint") -> tuple[np.ndarray, dict] | None:
-    """(thresholds float32 (C,), how they were chosen) stored in a checkpoint, or None if it holds none."""
-    entry = ckpt.get(THRESHOLDS_KEY)
-    if entry is None:
-        return None
-    num_classes = int(ckpt["hyper_parameters"].get("num_classes", 527))
-    values = entry.get("values") if isinstance(entry, Mapping) else None
-    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (num_classes,) or torch.isnan(values).any():
-        raise CheckpointError(f"{source}: its {THRESHOLDS_KEY!r} entry is not {num_classes} thresholds "
-                              f"(rerun `python -m aer.thresholds ckpt={source}`)")
-    return values.float().numpy(), {k: v for k, v in entry.items() if k != "values"}
+@dataclass
+class Thresholds:
+    """Per-class decision thresholds (float32 (C,)) and how they were chosen (rule, split, clips, ...)."""
+
+    values: np.ndarray
+    info: dict
+    path: Path | None = None  # the file they were read from (None: inside the checkpoint)
+
+    def describe(self) -> str:
+        target = f", target={self.info['target']}" if self.info.get("rule") == "precision" else ""
+        where = f" ({self.path})" if self.path else ""
+        return f"per class, rule={self.info.get('rule')}{target}, chosen on split={self.info.get('split')}" \
+               f" of {self.info.get('chosen_for', 'this checkpoint')}{where}"
 
 
-def decision_thresholds(ckpt: dict, threshold: float | None, source: str = "checkpoint") -> tuple[np.ndarray, str]:
-    """The per-class thresholds to decide with, and a line saying where they come from.
+class Checkpoint:
+    """A training run's checkpoint: the one reader of its layout.
 
-    `threshold` (a number) applies to every class; None takes the checkpoint's own, else 0.5.
+    What the Tagger was built with (`hparams`), the network it rebuilds (`tagger()`), the data it was
+    trained on (`data`, `datamodule()`), which clips it held out (`held_out`), its classes' names and
+    count, and the decision thresholds chosen for it (`thresholds`, from the file beside it).
     """
-    num_classes = int(ckpt["hyper_parameters"].get("num_classes", 527))
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold={threshold!r}: expected a probability in [0, 1], or null for the "
-                             f"checkpoint's per-class thresholds")
-        return np.full(num_classes, threshold, np.float32), f"{threshold} for every class (threshold=)"
-    stored = stored_thresholds(ckpt, source)
-    if stored is None:
-        log.warning("%s holds no thresholds: deciding at %s for every class (choose them on the dev split with "
-                    "`python -m aer.thresholds ckpt=%s`)", source, DEFAULT_THRESHOLD, source)
-        return np.full(num_classes, DEFAULT_THRESHOLD, np.float32), f"{DEFAULT_THRESHOLD} for every class (none stored)"
-    values, info = stored
-    target = f", target={info['target']}" if info.get("rule") == "precision" else ""
-    return values, f"per class, rule={info.get('rule')}{target}, chosen on split={info.get('split')}"
+
+    def __init__(self, path: Path, content: dict) -> None:
+        self.path, self.content = path, content
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+        """Reads `path` with weights_only=True; CheckpointError (one line naming it) for anything else."""
+        p = Path(path)
+        ckpt = cls(p, _read(p, map_location))
+        ckpt.thresholds()  # a damaged thresholds entry is reported on load, not at the first decision
+        return ckpt
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def hparams(self) -> dict:
+        return dict(self.content["hyper_parameters"])
+
+    @property
+    def model_name(self) -> str:
+        return str(self.content["hyper_parameters"]["model"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.content["hyper_parameters"].get("num_classes", NUM_CLASSES))
+
+    @property
+    def epoch(self) -> int | None:
+        return self.content.get("epoch")
+
+    @property
+    def data(self) -> dict:
+        """The data settings it was trained with (data.*), as stored; {} for a checkpoint without them."""
+        return dict(self.content.get("datamodule_hyper_parameters") or {})
+
+    @property
+    def mode(self) -> str | None:
+        return self.data.get("mode")
+
+    @property
+    def held_out(self) -> dict | None:
+        """Which clips it held out from training: aer.data.datamodule.held_out of its data settings, with
+        what its data served (split_record) where the run recorded it; None without data settings."""
+        return held_out(self.data, self.content.get(SPLIT_KEY)) if self.data else None
+
+    def class_names(self) -> list[tuple[str, str]] | None:
+        """(mid, display name) per class as its training data named them; None where it holds none."""
+        names = self.content.get(CLASSES_KEY)
+        return [tuple(n) for n in names] if names else None
+
+    def tagger(self, map_location: str | torch.device = "cpu") -> Tagger:
+        """The trained Tagger (strict: every weight must fit), in eval mode, on `map_location`."""
+        hp = self.hparams
+        known = set(inspect.signature(Tagger.__init__).parameters) - {"self"}
+        extra = sorted(set(hp) - known)
+        if extra:
+            log.warning("%s: ignoring hparams this version of Tagger does not take: %s", self.path, ", ".join(extra))
+        try:
+            model = Tagger(**{k: v for k, v in hp.items() if k in known})
+            model.load_state_dict(self.content["state_dict"], strict=True)
+        except Exception as e:  # noqa: BLE001 — a network the hparams cannot rebuild, or weights that do not fit
+            raise CheckpointError(f"{self.path}: cannot rebuild its model (model={hp.get('model')!r}): "
+                                  f"{one_line(e, typed=True)}") from None
+        return model.eval().to(map_location)
+
+    def datamodule(self, split: str = "eval", overrides: Mapping | None = None) -> AudioSetDataModule:
+        """The data module it was trained with, serving `split` as its test split.
+
+        Its stored data settings are overlaid with the non-null `overrides` (e.g. another root).
+        split=eval scores the eval split (mode final); split=val the dev 20% held out from the
+        training split (mode dev), so it is the same clips the training run validated on.
+        """
+        mode = SPLIT_MODES[split]
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if overrides.pop("mode", mode) != mode:
+            # e.g. data=audioset brings its mode: dev along; which split is scored is split's to say
+            log.info("scoring split=%s: data.mode is %s whatever the data config says", split, mode)
+        allowed = {f.name for f in dataclasses.fields(DataSettings)}
+        # Inference needs no loader workers (batches are gathers from memory); the training run's may be many.
+        hp = {"num_workers": 0, "pin_memory": False}
+        hp.update({k: v for k, v in self.data.items() if k in allowed and k not in ("num_workers", "pin_memory")})
+        hp.update(overrides)
+        hp["mode"] = mode
+        if not hp.get("root"):
+            raise CheckpointError(f"{self.path}: holds no data settings (datamodule_hyper_parameters); "
+                                  f"pass data.root=... to say which data to score it on")
+        return AudioSetDataModule(**hp)
+
+    # ---- decision thresholds (chosen by `python -m aer.thresholds`, written beside the checkpoint)
+    @property
+    def thresholds_path(self) -> Path:
+        return self.path.with_name(self.path.name.removesuffix(".ckpt") + THRESHOLDS_SUFFIX)
+
+    def thresholds(self) -> Thresholds | None:
+        """The thresholds chosen for this checkpoint: the file beside it, else (an older aer's) its own entry."""
+        if self.thresholds_path.is_file():
+            return read_thresholds(self.thresholds_path, self)
+        entry = self.content.get(THRESHOLDS_KEY)
+        if entry is None:
+            return None
+        values = entry.get("values") if isinstance(entry, Mapping) else None
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (self.num_classes,) or \
+                torch.isnan(values).any():
+            raise CheckpointError(f"{self.path}: its {THRESHOLDS_KEY!r} entry is not {self.num_classes} thresholds "
+                                  f"(rerun `python -m aer.thresholds ckpt={self.path}`)")
+        return Thresholds(values.float().numpy(), {k: v for k, v in entry.items() if k != "values"})
+
+    def decision_thresholds(self, threshold: float | None) -> tuple[np.ndarray, str]:
+        """The per-class thresholds to decide with, and a line saying where they come from: `threshold` for
+        every class when given, else the checkpoint's own, else DEFAULT_THRESHOLD."""
+        if threshold is not None:
+            return np.full(self.num_classes, threshold, np.float32), f"{threshold} for every class (threshold=)"
+        stored = self.thresholds()
+        if stored is None:
+            log.warning("%s holds no thresholds: deciding at %s for every class (choose them on the dev split with "
+                        "`python -m aer.thresholds ckpt=%s`)", self.path, DEFAULT_THRESHOLD, self.path)
+            return np.full(self.num_classes, DEFAULT_THRESHOLD, np.float32), \
+                f"{DEFAULT_THRESHOLD} for every class (none stored)"
+        return stored.values, stored.describe()
+
+    def digest(self) -> str:
+        """sha256 of the checkpoint file: thresholds written for it name the file's content they were chosen for."""
+        with open(self.path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_thresholds(path: Path, ckpt: Checkpoint) -> Thresholds:
+    """A thresholds file for `ckpt`: its values, refused in one line when damaged or chosen for another file."""
+    try:
+        entry = json.loads(path.read_text())
+        values = np.asarray(entry["values"], dtype=np.float64).astype(np.float32)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable thresholds file ({one_line(e, typed=True)}); rerun "
+                              f"`python -m aer.thresholds ckpt={ckpt.path}`") from None
+    if values.shape != (ckpt.num_classes,):
+        raise CheckpointError(f"{path}: {values.shape[0] if values.ndim else 0} thresholds for a model of "
+                              f"{ckpt.num_classes} classes")
+    if entry.get("ckpt_sha256") not in (None, ckpt.digest()):
+        raise CheckpointError(f"{path}: chosen for another version of {ckpt.path} (the checkpoint changed since, "
+                              f"e.g. a resumed run rewrote it): rerun `python -m aer.thresholds ckpt={ckpt.path}`")
+    return Thresholds(values, {k: v for k, v in entry.items() if k != "values"}, path)
+
+
+def write_thresholds(path: Path, ckpt: Checkpoint, values: np.ndarray, info: dict) -> None:
+    """Writes thresholds chosen for `ckpt` (bound to its file's content), under a temporary name then renamed."""
+    entry = {**info, "ckpt": str(ckpt.path), "ckpt_sha256": ckpt.digest(),
+             "values": [float(v) for v in np.asarray(values, np.float32)]}
+    write_json(path, entry)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -206,69 +345,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if self._executor is not None:
                 self._executor.shutdown()
                 self._executor = None
-
-
-def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
-    """Writes a checkpoint dict as training does: beside the target, then renamed over it."""
-    AtomicCheckpointIO().save_checkpoint(ckpt, path)
-
-
-def model_name(ckpt: dict) -> str:
-    """The registered network (model=NAME) a loaded checkpoint holds."""
-    return str(ckpt["hyper_parameters"]["model"])
-
-
-def tagger_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> Tagger:
-    """Rebuilds the Tagger from a loaded checkpoint's hparams and weights (strict: every weight must fit)."""
-    hp = dict(ckpt["hyper_parameters"])
-    known = set(inspect.signature(Tagger.__init__).parameters) - {"self"}
-    extra = sorted(set(hp) - known)
-    if extra:
-        log.warning("%s: ignoring hparams this version of Tagger does not take: %s", source, ", ".join(extra))
-    try:
-        model = Tagger(**{k: v for k, v in hp.items() if k in known})
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except Exception as e:  # noqa: BLE001 — a network the hparams cannot rebuild, or weights that do not fit
-        raise CheckpointError(f"{source}: cannot rebuild its model (model={hp.get('model')!r}): "
-                              f"{error_line(e)}") from None
-    model.eval()
-    return model
-
-
-def load_tagger(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Tagger:
-    """The trained Tagger in a checkpoint, in eval mode, on `map_location`."""
-    return tagger_from_checkpoint(load_checkpoint(path, map_location), str(path)).to(map_location)
-
-
-def datamodule_from_checkpoint(path_or_ckpt: str | os.PathLike | dict, data_overrides: Mapping | None = None,
-                               split: str = "eval", source: str | None = None) -> AudioSetDataModule:
-    """The data module a checkpoint was trained with, serving `split` as its test split.
-
-    Its stored arguments are overlaid with the non-null `data_overrides` (e.g. another root).
-    split=eval scores the eval split (mode final); split=val scores the dev 20% held out from
-    the training split (mode dev), drawn with the stored split_seed and val_fraction, so it is
-    the same clips the training run validated on.
-    """
-    if split not in SPLIT_MODES:
-        raise ValueError(f"split={split!r}: expected one of {', '.join(SPLIT_MODES)}")
-    if isinstance(path_or_ckpt, dict):
-        ckpt, source = path_or_ckpt, source or "checkpoint"
-    else:
-        ckpt, source = load_checkpoint(path_or_ckpt), source or str(path_or_ckpt)
-    stored = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None and not k.startswith("_")}
-    allowed = {f.name for f in dataclasses.fields(DataSettings)}
-    check(DataSettings, overrides, "data")
-    mode = SPLIT_MODES[split]
-    if overrides.pop("mode", mode) != mode:
-        # e.g. data=audioset brings its mode: dev along; which split is scored is split's to say
-        log.info("scoring split=%s: data.mode is %s whatever the data config says", split, mode)
-    # Inference needs no loader workers (batches are gathers from memory); the training run's may be many.
-    hp = {"num_workers": 0, "pin_memory": False}
-    hp.update({k: v for k, v in stored.items() if k in allowed and k not in ("num_workers", "pin_memory")})
-    hp.update(overrides)
-    hp["mode"] = mode
-    if not hp.get("root"):
-        raise CheckpointError(f"{source}: holds no data settings (datamodule_hyper_parameters); "
-                              f"pass data.root=... to say which data to score it on")
-    return AudioSetDataModule(**hp)

@@ -1,53 +1,145 @@
-"""Console scripts (`aer-train`, `aer-evaluate`, ...; pyproject's [project.scripts]): the commands of
-the root scripts and of `python -m aer.X`, for an installed aer, with its packaged configs.
+"""How every command starts, in one place: the root scripts (`python train.py`), `python -m aer.X` and the
+console scripts (`aer-train`, ...) all call the functions here.
 
-The Hydra ones report a config error in one line, as the root scripts do (aer.entry.cli).
+A Hydra command (train, evaluate, ensemble, predict, export, thresholds) composes its config, builds its
+settings object once (aer.config.build: every value checked before any work) and runs `aer.<name>.run`;
+an argparse command (data, report, compare) parses its arguments into its settings object the same way.
+Whatever fails is reported here, and only here: a user's error (aer.errors.is_user_error) in one line on
+stderr, anything else with its traceback; the exit status is 1.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import sys
+import traceback
 from collections.abc import Callable
 
-import hydra
-from omegaconf import DictConfig
+from aer.errors import is_user_error, one_line
 
-import aer.config  # noqa: F401 — registers the config schema (ConfigStore) and resolvers the configs use
-from aer.entry import cli, task
-from aer.paths import CONFIGS
+log = logging.getLogger("aer")
 
 
-def _root_script(name: str) -> Callable[[], None]:
-    """`python NAME.py` of the checkout (train, evaluate, ensemble): `aer.NAME.run` on conf/NAME.yaml."""
+def _unwrapped(e: BaseException) -> BaseException:
+    """A constructor's error that Hydra's instantiate wrapped is reported as the constructor's own."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def job(run: Callable, name: str, cfg) -> dict | None:
+    """One Hydra job of command `name`: its config built, `run` on it; a failure recorded in metrics.json (so a
+    sweep's summary shows it) and reported: in a multirun the sweep goes on with the next job, in a single
+    run the process exits with status 1. A run whose result says it diverged is reported the same way."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from aer.config import build
+    from aer.files import write_json
+
+    hc = HydraConfig.get()
+
+    def fail(msg: str, result: dict | None = None):
+        if hc.mode == RunMode.MULTIRUN:
+            log.error("job %s failed: %s", hc.job.num, msg)
+            return result
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(1)
+
+    try:
+        result = run(build(name, cfg))
+    except Exception as e:  # noqa: BLE001 — recorded, then reported
+        cause = _unwrapped(e)
+        msg = one_line(cause)
+        write_json(os.path.join(hc.runtime.output_dir, "metrics.json"), {
+            "status": "failed", "error": f"{type(cause).__name__}: {msg}", "overrides": list(hc.overrides.task)})
+        if not is_user_error(cause):
+            log.error("%s", traceback.format_exc())
+        return fail(msg)
+    if isinstance(result, dict) and result.get("status") == "diverged":
+        return fail(f"the run diverged: {result.get('diverged')}", result)
+    return result
+
+
+def _hydra(name: str) -> Callable[[], None]:
+    """The command `name` on conf/<name>.yaml (the packaged configs, aer.paths.CONFIGS)."""
 
     def command() -> None:
-        run = importlib.import_module(f"aer.{name}").run
+        import hydra
 
-        def main(cfg: DictConfig):
-            return task(run)(cfg)
+        import aer.config  # noqa: F401 — registers the config schema and resolvers
+        from aer.paths import CONFIGS
 
-        # Hydra names the job after the function's module (hydra.job.name, the run dir's NAME.log):
-        # the same name as `python NAME.py` gives, not "cli"
-        main.__module__ = f"aer.{name}"
-        cli(hydra.main(version_base="1.3", config_path=CONFIGS, config_name=name)(main))
+        module = importlib.import_module(f"aer.{name}")
+
+        def main(cfg) -> dict | None:
+            return job(module.run, name, cfg)
+
+        main.__doc__ = module.__doc__
+        boundary(hydra.main(version_base="1.3", config_path=CONFIGS, config_name=name)(main))
 
     command.__name__ = name
     return command
 
 
-def _module_main(name: str) -> Callable[[], None]:
-    """`python -m aer.NAME` (predict, export, thresholds): that module's own `@hydra.main`."""
+def boundary(main: Callable[[], object]) -> None:
+    """Runs `main` so that a config Hydra itself rejects (an unknown key or group option, an override that
+    does not parse) is reported in one line, like aer's own errors.
 
-    def command() -> None:
-        cli(importlib.import_module(f"aer.{name}").main)
+    HYDRA_FULL_ERROR=1 makes Hydra raise those errors instead of printing them over several lines; a user who
+    set it already gets Hydra's full report, as they asked.
+    """
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 — Hydra's and OmegaConf's composition errors are the user's
+        if not is_user_error(e):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
 
-    command.__name__ = name
+
+def argparse_command(parse: Callable[[list[str] | None], Callable[[], int | None]]) -> Callable[..., int]:
+    """An argparse command: `parse(argv)` builds its settings and returns the work to run; the work's user
+    errors are reported in one line (status 1), Ctrl-C as `interrupted` (status 130)."""
+
+    def command(argv: list[str] | None = None) -> int:
+        try:
+            return parse(argv)() or 0
+        except KeyboardInterrupt:
+            print("error: interrupted; rerun the same command to go on", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 — a user's error in one line, anything else with its traceback
+            if not is_user_error(e):
+                raise
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 1
+
     return command
 
 
-train = _root_script("train")
-evaluate = _root_script("evaluate")
-ensemble = _root_script("ensemble")
-predict = _module_main("predict")
-export = _module_main("export")
-thresholds = _module_main("thresholds")
+train = _hydra("train")
+evaluate = _hydra("evaluate")
+ensemble = _hydra("ensemble")
+predict = _hydra("predict")
+export = _hydra("export")
+thresholds = _hydra("thresholds")
+
+
+def _argparse(module: str) -> Callable[[list[str] | None], int]:
+    """The argparse command whose `parse(argv)` lives in `module`."""
+    return argparse_command(lambda argv: importlib.import_module(module).parse(argv))
+
+
+data = _argparse("aer.data.__main__")
+report = _argparse("aer.report.cli")
+compare = _argparse("aer.compare")

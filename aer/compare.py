@@ -26,17 +26,18 @@ import logging
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from aer.report.cli import parse_keys, run_cli
+from aer.files import atomic_write_text, write_json
+from aer.report.cli import parse_keys, printed
 from aer.report.events import traced_runs
 from aer.report.plots import SWEEP_PANELS, colors, legend, legend_height, panel, save_png
-from aer.runs import RUN_MARKERS, Run, find_runs, swept_keys
-from aer.sweep import fmt
-from aer.utils import atomic_write_text, write_json
+from aer.runs import RUN_MARKERS, Run, find_runs, fmt, swept_keys
+from aer.settings import CompareConfig
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +253,14 @@ def compare_sweeps(dirs: list[Path], out: Path, by: list[str] | None = None, epo
 # ---- two checkpoints on the same clips
 def score_checkpoints(paths: list[Path], split: str, overrides: dict) -> dict:
     """Both checkpoints' probabilities on the same clips, the labels, and per-class training positives."""
-    from aer.checkpoint import datamodule_from_checkpoint, load_tagger
+    from aer.checkpoint import Checkpoint
     from aer.inference import predict_split
 
     probs, served = [], []
     for p in paths:
-        dm = datamodule_from_checkpoint(p, overrides, split)
-        pr, labels, vids = predict_split(load_tagger(p), dm)
+        ckpt = Checkpoint.load(p)
+        dm = ckpt.datamodule(split, overrides)
+        pr, labels, vids = predict_split(ckpt.tagger(), dm)
         probs.append(pr)
         served.append((labels, vids, dm))
     (labels, vids, dm), (labels_b, vids_b, _) = served
@@ -286,7 +288,7 @@ def write_paired(out: Path, paths: list[Path], split: str, paired: dict) -> list
 def load_predictions(path: Path) -> dict:
     """probs, labels and clip ids of an evaluate.py / ensemble.py predictions.h5, its split, and the class
     names and training positives of the per_class.csv written beside it."""
-    from aer.evaluate import read_predictions
+    from aer.scoring import read_predictions
 
     pred = read_predictions(path)
     probs = pred["probs"]
@@ -402,10 +404,10 @@ def compare_scored(result: dict, paths: list[Path], split: str, out: Path, repli
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> Callable[[], int]:
     parser = argparse.ArgumentParser(prog="python -m aer.compare", description=__doc__.splitlines()[0])
     parser.add_argument("dir", nargs="*", help="sweep dirs from train.py -m (their jobs compared as one sweep)")
-    parser.add_argument("--out", required=True, help="folder for the tables and figures (never an input dir)")
+    parser.add_argument("--out", help="folder for the tables and figures (never an input dir)")
     parser.add_argument("--by", help="comma-separated overrides to group by (default: the swept ones but seed)")
     parser.add_argument("--epochs", type=int, help="curves and the epoch table over each run's first N epochs")
     parser.add_argument("--reach", type=float, default=0.20,
@@ -413,40 +415,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpts", nargs=2, metavar=("A", "B"), help="two checkpoints: paired bootstrap B − A")
     parser.add_argument("--preds", nargs=2, metavar=("A", "B"),
                         help="two predictions.h5 (evaluate.py, ensemble.py) on the same clips: paired bootstrap B − A")
-    parser.add_argument("--split", default="val", choices=("val", "eval"), help="with --ckpts: the scored split")
+    parser.add_argument("--split", default="val", help="with --ckpts: the scored split, val (default) or eval")
     parser.add_argument("--data-root", help="with --ckpts: score on this data root instead of the stored one")
     parser.add_argument("--cache-dir", help="with --ckpts: where the data's HDF5 caches are")
     parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (default 1000)")
     parser.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    config = CompareConfig.build({k: v for k, v in args.items() if v is not None or k == "out"})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
-    return run_cli(lambda: _main(args))
+    return lambda: printed(_main(config))
 
 
-def _main(args) -> list[Path]:
-    out = Path(args.out)
-    if sum(map(bool, (args.dir, args.ckpts, args.preds))) != 1:
-        raise ValueError("give sweep dirs, --ckpts A B or --preds A B (one of them)")
-    if args.preds:
-        paths = compare_predictions([Path(p).resolve() for p in args.preds], out, args.replicates, args.level,
-                                    args.seed)
+def _main(c: CompareConfig) -> list[Path]:
+    out = Path(c.out)
+    if c.preds:
+        paths = compare_predictions([Path(p).resolve() for p in c.preds], out, c.replicates, c.level, c.seed)
         print((out / "paired.md").read_text())
         return paths
-    if args.ckpts:
-        overrides = {k: v for k, v in (("root", args.data_root), ("cache_dir", args.cache_dir)) if v}
-        paths = compare_checkpoints([Path(p).resolve() for p in args.ckpts], args.split, out, overrides,
-                                    args.replicates, args.level, args.seed)
+    if c.ckpts:
+        overrides = {k: v for k, v in (("root", c.data_root), ("cache_dir", c.cache_dir)) if v}
+        paths = compare_checkpoints([Path(p).resolve() for p in c.ckpts], c.split, out, overrides,
+                                    c.replicates, c.level, c.seed)
         print((out / "paired.md").read_text())
         return paths
-    dirs = [Path(d) for d in args.dir]
+    dirs = [Path(d) for d in c.dir]
     for d in dirs:
         if out.resolve() == d.resolve() or d.resolve() in out.resolve().parents:
             raise ValueError(f"--out {out} is inside the input dir {d}: write the comparison elsewhere")
-    if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs {args.epochs}: expected a positive number of epochs")
-    paths = compare_sweeps(dirs, out, parse_keys(args.by), args.epochs, args.reach)
+    paths = compare_sweeps(dirs, out, parse_keys(c.by), c.epochs, c.reach)
     print((out / "groups.md").read_text())
     if (out / "epochs.md").exists():
         print((out / "epochs.md").read_text())
@@ -454,4 +452,6 @@ def _main(args) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aer.cli import compare
+
+    sys.exit(compare())

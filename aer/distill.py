@@ -20,15 +20,18 @@ import h5py
 import numpy as np
 import torch
 
+from aer.checkpoint import Checkpoint
 from aer.data.datamodule import AudioSetDataModule
+from aer.errors import one_line
+from aer.files import atomic_path, file_lock, remove_stale_partials
+from aer.inference import iter_proba
 from aer.module import TeacherTargets
-from aer.settings import TRAIN_SPLITS, DistillSettings
-from aer.utils import atomic_path, error_line, file_lock, remove_stale_partials
+from aer.runs import member_paths
+from aer.settings import DistillSettings
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # of the cache's contents: a change of what is cached gets new keys
-DEV_SPLIT_KEYS = ("train_split", "val_fraction", "split_seed")  # what decides the dev split's clips
 
 
 def file_digest(path: str | Path) -> str:
@@ -40,52 +43,40 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _splits(train_split) -> list[str]:
-    return list(TRAIN_SPLITS.get(train_split, [train_split]) if isinstance(train_split, str) else train_split)
-
-
-def held_out(dm: AudioSetDataModule) -> dict:
-    """What decides which clips the data module trains on and which it holds out (validation or test)."""
-    out = {"mode": dm.mode, "train_split": list(dm.train_splits), "num_classes": dm.num_classes}
-    if dm.mode == "dev":
-        return {**out, "val_fraction": dm.val_fraction, "split_seed": dm.split_seed}
-    return {**out, "eval_split": dm.eval_split}
-
-
-def check_teacher(path: Path, ckpt: dict, dm: AudioSetDataModule) -> None:
-    """Refuses (one line naming the checkpoint) a teacher whose training clips may hold the run's held-out ones."""
-    stored = ckpt.get("datamodule_hyper_parameters") or {}
-    classes = ckpt["hyper_parameters"].get("num_classes")
-    if classes != dm.num_classes:
-        raise ValueError(f"distill: {path} predicts {classes} classes, this run's data has {dm.num_classes} "
-                         f"(data.num_classes)")
-    if "mode" not in stored:
-        raise ValueError(f"distill: {path} holds no data settings (datamodule_hyper_parameters), so it cannot be "
-                         f"checked not to have trained on this run's held-out clips: use teachers train.py wrote")
-    theirs = _splits(stored.get("train_split", "bal_train"))
+def check_teacher(ckpt: Checkpoint, dm: AudioSetDataModule) -> None:
+    """Refuses (one line naming the checkpoint) a teacher whose training clips may hold the run's held-out ones:
+    it must have held out what the run holds out (the same dev split), or, for a final-mode run, not have
+    trained on its test split."""
+    if ckpt.num_classes != dm.num_classes:
+        raise ValueError(f"distill: {ckpt.path} predicts {ckpt.num_classes} classes, this run's data has "
+                         f"{dm.num_classes} (data.num_classes)")
+    theirs, ours = ckpt.held_out, dm.held_out()
+    if theirs is None:
+        raise ValueError(f"distill: {ckpt.path} holds no data settings (datamodule_hyper_parameters), so it cannot "
+                         f"be checked not to have trained on this run's held-out clips: use teachers train.py wrote")
     if dm.mode == "final":
-        if dm.eval_split in theirs:
-            raise ValueError(f"distill: {path} was trained on {dm.eval_split}, this run's test split "
+        if dm.eval_split in theirs["train_split"]:
+            raise ValueError(f"distill: {ckpt.path} was trained on {dm.eval_split}, this run's test split "
                              f"(data.eval_split): it would leak the test clips into the student")
         return
-    if stored["mode"] != "dev":
-        raise ValueError(f"distill: {path} was trained with data.mode={stored['mode']} on all of {'+'.join(theirs)}, "
-                         f"which holds this run's validation clips: it would leak them into the student; use "
-                         f"teachers trained in dev mode on this run's data.train_split, val_fraction and split_seed")
-    ours = {"train_split": list(dm.train_splits), "val_fraction": dm.val_fraction, "split_seed": dm.split_seed}
-    for key in DEV_SPLIT_KEYS:
-        value = theirs if key == "train_split" else stored.get(key)
-        if value != ours[key]:
-            raise ValueError(f"distill: {path} was trained with data.{key}={value!r}, this run has "
-                             f"data.{key}={ours[key]!r}: its training clips include some of this run's validation "
+    if theirs["mode"] != "dev":
+        raise ValueError(f"distill: {ckpt.path} was trained with data.mode={theirs['mode']} on all of "
+                         f"{'+'.join(theirs['train_split'])}, which holds this run's validation clips: it would leak "
+                         f"them into the student; use teachers trained in dev mode on this run's data.train_split, "
+                         f"val_fraction and split_seed")
+    for key, value in ours.items():
+        if theirs.get(key) != value:
+            raise ValueError(f"distill: {ckpt.path} was trained with data.{key}={theirs.get(key)!r}, this run has "
+                             f"data.{key}={value!r}: its training clips include some of this run's validation "
                              f"clips (it would leak them into the student); use teachers trained on this dev split")
-    if stored.get("root") and Path(stored["root"]).expanduser().resolve() != dm.root.resolve():
+    root = ckpt.data.get("root")
+    if root and Path(root).expanduser().resolve() != dm.root.resolve():
         log.warning("distill: %s was trained on data.root=%s, this run's is %s: the same split settings draw "
-                    "the same clips only from the same data", path, stored["root"], dm.root)
+                    "the same clips only from the same data", ckpt.path, root, dm.root)
 
 
 def _cache_file(dm: AudioSetDataModule, digests: list[str]) -> Path:
-    key = {"version": CACHE_VERSION, "teachers": sorted(digests), "data": held_out(dm)}
+    key = {"version": CACHE_VERSION, "teachers": sorted(digests), "data": dm.held_out()}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return dm.cache_root() / "teachers" / f"{name}.h5"
 
@@ -103,21 +94,19 @@ def _read(path: Path, rows: np.ndarray, clips: str) -> np.ndarray | None:
                 return None
             return f["probs"][()]
     except (OSError, KeyError, ValueError) as e:
-        log.warning("distill: %s is unreadable (%s): computing the teacher targets again", path, error_line(e))
+        log.warning("distill: %s is unreadable (%s): computing the teacher targets again", path,
+                    one_line(e, typed=True))
         return None
 
 
 def _predict(paths: list[Path], dm: AudioSetDataModule, device: torch.device | str) -> np.ndarray:
     """The teachers' mean probabilities (float16, N x C) of the training clips, in split_info order (a
     teacher given k times weighs k times, as in ensemble.py)."""
-    from aer.checkpoint import load_checkpoint, tagger_from_checkpoint
-    from aer.inference import iter_proba
-
     counts = Counter(paths)
-    ckpts = {p: load_checkpoint(p) for p in counts}
-    for p, ckpt in ckpts.items():  # all of them checked before any is run
-        check_teacher(p, ckpt, dm)
-    models = [(tagger_from_checkpoint(ckpts[p], str(p)).to(device), k) for p, k in counts.items()]
+    ckpts = {p: Checkpoint.load(p) for p in counts}
+    for ckpt in ckpts.values():  # all of them checked before any is run
+        check_teacher(ckpt, dm)
+    models = [(ckpts[p].tagger(device), k) for p, k in counts.items()]
     out = np.empty((len(dm.split_info("train")["rows"]), dm.num_classes), np.float16)
     i = 0
     for batch in dm.split_batches("train"):
@@ -132,8 +121,6 @@ def teacher_targets(settings: DistillSettings, dm: AudioSetDataModule,
                     device: torch.device | str = "cpu") -> TeacherTargets:
     """The teachers' probabilities of `dm`'s training clips (set up for fit), from the cache or computed
     (on `device`) and cached."""
-    from aer.ensemble import member_paths
-
     paths = member_paths(settings.ckpts, settings.sweep, "distill.")
     info = dm.split_info("train")
     rows, clips = info["rows"], _clips_digest(info["video_id"])
@@ -160,6 +147,6 @@ def teacher_targets(settings: DistillSettings, dm: AudioSetDataModule,
                     f.create_dataset("rows", data=rows.astype(np.int64))
                     f.attrs["clips"] = clips
                     f.attrs["teachers"] = json.dumps([{"ckpt": str(p), "sha256": digests[p]} for p in paths])
-                    f.attrs["data"] = json.dumps(held_out(dm))
+                    f.attrs["data"] = json.dumps(dm.held_out())
             log.info("distill: teacher targets cached in %s", path)
     return TeacherTargets(torch.from_numpy(rows), torch.from_numpy(probs), info["clips"])

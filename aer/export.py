@@ -23,15 +23,14 @@ import time
 import warnings
 from pathlib import Path
 
-import hydra
 import numpy as np
-from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
 
-import aer.config  # noqa: F401 — registers the config schema and resolvers
-from aer.entry import task
-from aer.paths import CONFIGS
-from aer.utils import atomic_path
+from aer import __version__
+from aer.checkpoint import Checkpoint
+from aer.data.records import EMBED_DIM, MAX_FRAMES
+from aer.files import atomic_path
+from aer.paths import resolved_path
+from aer.settings import ExportConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +41,10 @@ CHECK_ATOL = 1e-5  # probabilities: float32 kernels of another runtime differ by
 ONNX_OPSET = 17
 
 
-def release_model(tagger):
-    """The Tagger behind the release's input: uint8 features and lengths in, probabilities out."""
-    import torch
-
-    class ReleaseTagger(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tagger = tagger.eval()
-
-        def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-            return self.tagger.predict_proba(features, lengths)  # scales and masks as in training
-
-    return ReleaseTagger().eval()
-
-
-def metadata(ckpt: dict, source: str, names: list[tuple[str, str]], thresholds: np.ndarray,
-             thr_source: str) -> dict[str, str]:
+def metadata(ckpt: Checkpoint, names: list[tuple[str, str]], thresholds: np.ndarray, thr_source: str) -> dict[str, str]:
     """The metadata entries (key -> JSON text) that travel in the exported file."""
-    hp = ckpt["hyper_parameters"]
-    frames, dims, n = int(hp.get("max_frames", 10)), int(hp.get("in_dim", 128)), int(hp.get("num_classes", 527))
+    hp = ckpt.hparams
+    frames, dims, n = int(hp.get("max_frames", MAX_FRAMES)), int(hp.get("in_dim", EMBED_DIM)), ckpt.num_classes
     norm = "then (x - mean) / std per dimension with the training split's statistics" \
         if hp.get("normalize") == "standardize" else "no other normalisation"
     entries = {
@@ -80,23 +63,17 @@ def metadata(ckpt: dict, source: str, names: list[tuple[str, str]], thresholds: 
                                      "(no threshold reached rule=precision's target on the dev split)",
                            "source": thr_source, **_stored_info(ckpt)},
         "aer.model": {"model": hp.get("model"), "model_kwargs": hp.get("model_kwargs") or {},
-                      "normalize": hp.get("normalize"), "checkpoint": source,
-                      "epoch": ckpt.get("epoch"), "aer_version": _version()},
+                      "normalize": hp.get("normalize"), "checkpoint": str(ckpt.path),
+                      "epoch": ckpt.epoch, "aer_version": __version__},
     }
     return {k: json.dumps(v, ensure_ascii=False, allow_nan=False) for k, v in entries.items()}
 
 
-def _stored_info(ckpt: dict) -> dict:
-    from aer.checkpoint import stored_thresholds
-
-    stored = stored_thresholds(ckpt)
-    return {} if stored is None else {k: v for k, v in stored[1].items() if not k.startswith("val/")}
-
-
-def _version() -> str:
-    from aer import __version__
-
-    return __version__
+def _stored_info(ckpt: Checkpoint) -> dict:
+    stored = ckpt.thresholds()
+    keep = ("ckpt", "ckpt_sha256")  # where the file's thresholds were chosen is said by "source"
+    return {} if stored is None else {k: v for k, v in stored.info.items() if not k.startswith("val/")
+                                      and k not in keep}
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -167,11 +144,8 @@ def _write_onnx(model, example, path: Path, meta: dict[str, str]) -> None:
 
 def _write_torchscript(model, example, path: Path, meta: dict[str, str]) -> None:
     import torch
-    from pytorch_lightning.core.module import _jit_is_scripting
 
-    # _jit_is_scripting: Lightning's own to_torchscript flag, so that the tracer can read the Tagger's
-    # attributes (its `trainer` among them) without a Trainer attached
-    with warnings.catch_warnings(), _jit_is_scripting():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes: check() judges the result
         traced = torch.jit.trace(model, example, check_trace=False)
     torch.jit.save(traced, str(path), _extra_files=meta)
@@ -200,65 +174,51 @@ def check(path: Path, fmt: str, model, frames: int, dims: int) -> float:
 WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript}
 
 
-def _check_config(cfg: DictConfig) -> Path:
-    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.get("ckpt"):
-        raise ValueError("ckpt is not set: run `python -m aer.export ckpt=<run>/checkpoints/best.ckpt format=onnx`")
-    if cfg.get("format") not in FORMATS:
-        raise ValueError(f"format={cfg.get('format')!r}: expected one of {', '.join(FORMATS)}")
-    if cfg.format == "onnx":
+def _class_names(config: ExportConfig, ckpt: Checkpoint) -> list[tuple[str, str]]:
+    from aer.data.labels import read_class_labels, read_labels
+
+    if config.labels:
+        return read_labels(resolved_path(config.labels), ckpt.num_classes)
+    if ckpt.class_names():
+        return ckpt.class_names()
+    root = ckpt.data.get("root")
+    return read_class_labels(Path(root) if root else Path("."), ckpt.num_classes)  # warns, names by index if absent
+
+
+def run(config: ExportConfig) -> dict:
+    """Exports config.ckpt in config.format; what it wrote and how far it is from PyTorch."""
+    t0 = time.time()
+    if config.format == "onnx":
         try:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise ValueError(f"format=onnx needs the onnx and onnxruntime packages ({e}): "
                              f"pip install -e '.[export]'") from None
-    path = Path(to_absolute_path(str(cfg.ckpt))).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt={cfg.ckpt}: no such checkpoint file (expected a .ckpt from train.py)")
-    return path
-
-
-def _class_names(cfg: DictConfig, ckpt: dict, n: int) -> list[tuple[str, str]]:
-    from aer.data.labels import read_class_labels, read_labels
-
-    if cfg.get("labels"):
-        return read_labels(to_absolute_path(str(cfg.labels)), n)
-    root = (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
-    return read_class_labels(Path(root) if root else Path("."), n)  # warns and names by index when absent
-
-
-def run(cfg: DictConfig) -> dict:
-    """Exports cfg.ckpt in cfg.format; what it wrote and how far it is from PyTorch."""
-    t0 = time.time()
-    path = _check_config(cfg)
     import torch
 
-    from aer.checkpoint import decision_thresholds, load_checkpoint, tagger_from_checkpoint
-
-    ckpt = load_checkpoint(path)
-    tagger = tagger_from_checkpoint(ckpt, str(path))
+    path = resolved_path(config.ckpt)
+    ckpt = Checkpoint.load(path)
+    tagger = ckpt.tagger()
     hp = tagger.hparams
-    thresholds, thr_source = decision_thresholds(ckpt, None, str(path))
-    meta = metadata(ckpt, str(path), _class_names(cfg, ckpt, hp.num_classes), thresholds, thr_source)
-    out = Path(to_absolute_path(str(cfg.out))) if cfg.get("out") else path.with_name(path.stem + FORMATS[cfg.format])
-    model = release_model(tagger)
+    thresholds, thr_source = ckpt.decision_thresholds(None)
+    meta = metadata(ckpt, _class_names(config, ckpt), thresholds, thr_source)
+    out = resolved_path(config.out) if config.out else path.with_name(path.stem + FORMATS[config.format])
+    model = tagger.probabilities().eval()
     example = tuple(map(torch.from_numpy, probe_clips(3, hp.max_frames, hp.in_dim)))
     with atomic_path(out) as tmp:
-        WRITERS[cfg.format](model, example, tmp, meta)
-        worst = check(tmp, cfg.format, model, hp.max_frames, hp.in_dim)
-    result = {"status": "ok", "out": str(out), "format": cfg.format, "bytes": out.stat().st_size,
+        WRITERS[config.format](model, example, tmp, meta)
+        worst = check(tmp, config.format, model, hp.max_frames, hp.in_dim)
+    result = {"status": "ok", "out": str(out), "format": config.format, "bytes": out.stat().st_size,
               "model": hp.model, "ckpt": str(path), "thresholds": thr_source, "max_abs_diff": worst,
               "seconds": round(time.time() - t0, 2)}
-    print(f"wrote {out} ({cfg.format}, {result['bytes'] / 1e6:.1f} MB, model={hp.model}): features uint8 "
+    print(f"wrote {out} ({config.format}, {result['bytes'] / 1e6:.1f} MB, model={hp.model}): features uint8 "
           f"(batch, {hp.max_frames}, {hp.in_dim}) + lengths int64 (batch,) -> probs float32 (batch, "
           f"{hp.num_classes}); thresholds {thr_source}; checked against PyTorch: max |dp| = {worst:.2g}", flush=True)
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="export")
-def main(cfg: DictConfig):
-    return task(run)(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    from aer.cli import export
+
+    export()

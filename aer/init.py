@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from aer.settings import INITS
+from aer.schema import Section
+from aer.settings import INITS, registered
 
 TensorInit = Callable[..., Any]
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm)
 
 
 # The options of each scheme (init.* in the config), their defaults and allowed values: aer.settings.INITS.
@@ -65,7 +67,7 @@ def _init_weights(module: nn.Module, init: TensorInit, **kwargs: Any) -> None:
                     init(w, **kwargs)
             if m.in_proj_bias is not None:
                 m.in_proj_bias.zero_()
-        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+        elif isinstance(m, NORMS):
             if m.weight is not None:
                 m.weight.fill_(1.0)
             if m.bias is not None:
@@ -83,12 +85,10 @@ SCHEMES: dict[str, TensorInit | None] = {
 }
 
 
-def apply_init(module: nn.Module, name: str, **options: Any) -> nn.Module:
-    """Initialise `module` in place with scheme `name` (its options checked first, so a typo cannot
-    leave the module half initialised); returns it."""
-    if name not in SCHEMES:
-        raise ValueError(f"init={name!r}: expected one of {', '.join(sorted(SCHEMES))}")
-    settings = INITS[name].build(options).as_dict()
+def apply_init(module: nn.Module, name: str, settings: Section | None = None, **options: Any) -> nn.Module:
+    """Initialise `module` in place with scheme `name` and its init.* settings (aer.settings.INITS[name]), or
+    those built from `options` (checked, so a typo cannot leave the module half initialised); returns it."""
+    settings = settings if settings is not None else registered(INITS, name, "init").build(options)
     if SCHEMES[name] is not None:
-        _init_weights(module, SCHEMES[name], **settings)
+        _init_weights(module, SCHEMES[name], **settings.as_dict())
     return module

@@ -233,24 +233,6 @@ class TaggingMetrics(Metric):
         self.scores.append(scores.detach().float())
         self.labels.append(labels.detach().bool())
 
-    def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
-        # A rank that scored no clips (fewer clips than ranks) must still join the gather with a
-        # (0, classes) tensor: torchmetrics' stand-in is 1-D, and gathering it with the other
-        # ranks' 2-D states fails (gloo) or hangs. The class count comes from the other ranks.
-        if isinstance(self.scores, list):
-            import torch.distributed as dist
-
-            group = process_group or self.process_group
-            cols = torch.tensor([self.scores[0].shape[1] if self.scores else 0], device=self.device)
-            dist.all_reduce(cols, op=dist.ReduceOp.MAX, group=group)
-            if not self.scores and int(cols) > 0:
-                self.scores.append(torch.zeros(0, int(cols), device=self.device))
-                self.labels.append(torch.zeros(0, int(cols), dtype=torch.bool, device=self.device))
-        kwargs = {"process_group": process_group}
-        if dist_sync_fn is not None:
-            kwargs["dist_sync_fn"] = dist_sync_fn
-        super()._sync_dist(**kwargs)
-
     def collected(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (scores, labels) gathered so far, each one tensor."""
         cat = lambda v: torch.cat(v) if isinstance(v, list) else v  # noqa: E731 — list before sync, tensor after

@@ -20,6 +20,11 @@ from omegaconf import OmegaConf
 CONFIGS = "pkg://aer.conf"
 
 
+def resolved_path(path: str | os.PathLike | None) -> Path | None:
+    """A path the user typed, relative to where they ran the command (Hydra's runs do not change the cwd)."""
+    return Path(path).expanduser().absolute().resolve() if path else None
+
+
 def aer_home() -> Path:
     """`$AER_HOME`, else `$XDG_CACHE_HOME/aer`, else `~/.cache/aer`: everything aer keeps between runs."""
     if os.environ.get("AER_HOME"):

@@ -21,23 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import h5py
-import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
-import aer.config  # noqa: F401 — registers the config schema and resolvers
-from aer.data.convert import ON_BAD, list_shards, load_split, read_shard
+from aer.data.convert import list_shards, load_split, read_shard
 from aer.data.labels import LABELS_FILE, read_class_labels, read_labels
-from aer.entry import cli, task
-from aer.paths import CONFIGS
-from aer.utils import atomic_open
+from aer.files import atomic_open
+from aer.launch import job_state
+from aer.settings import PredictConfig
 
 if TYPE_CHECKING:
 
     from aer.module import Tagger
-
-# torch and Lightning (aer.checkpoint, aer.module, aer.data.datamodule) are imported where they are
-# used: they take seconds to load, and a mistyped ckpt= or input= should fail before that.
 
 log = logging.getLogger(__name__)
 
@@ -167,64 +161,40 @@ def write_predictions(model: Tagger, clips: dict[str, np.ndarray], names: list[t
     return paths
 
 
-def _check(cfg: DictConfig) -> None:
-    for key in ("ckpt", "input"):
-        if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
-            raise ValueError(f"{key} is not set: run `python -m aer.predict ckpt=PATH input=PATH` "
-                             f"(ckpt: a .ckpt from train.py; input: a folder of .tfrecord shards or an .h5)")
-    for key in ("top_k", "batch_size"):
-        val = cfg.get(key)
-        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise ValueError(f"{key}={val!r}: expected a positive integer")
-    if cfg.get("on_bad_record", "error") not in ON_BAD:
-        raise ValueError(f"on_bad_record={cfg.on_bad_record!r}: expected one of {', '.join(ON_BAD)}")
-    # out defaults to the Hydra run dir, which does not resolve when the config was composed in code
-    if not OmegaConf.select(cfg, "out", throw_on_resolution_failure=False):
-        raise ValueError(f"out={OmegaConf.to_container(cfg)['out']!r}: not set, or unresolvable outside a "
-                         f"Hydra run: pass out=DIR, a folder for predictions.csv and predictions.json")
-    ckpt = Path(cfg.ckpt).expanduser()
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt={cfg.ckpt}: no such checkpoint file (expected a .ckpt from train.py, "
-                                f"e.g. <run dir>/checkpoints/best.ckpt)")
-    if not Path(cfg.input).expanduser().exists():
-        raise FileNotFoundError(f"input={cfg.input}: no such file or directory (expected {INPUT_KINDS})")
-
-
-def run(cfg: DictConfig) -> dict:
+def run(config: PredictConfig) -> dict:
     """Predicts the top_k classes of every clip in `input` with the model in `ckpt`; what it wrote."""
     t0 = time.time()
-    _check(cfg)
-    from aer.checkpoint import decision_thresholds, load_checkpoint, tagger_from_checkpoint
+    from aer.checkpoint import Checkpoint
 
-    ckpt = load_checkpoint(cfg.ckpt)
-    model = tagger_from_checkpoint(ckpt, str(cfg.ckpt))
-    thresholds, thr_source = decision_thresholds(ckpt, cfg.get("threshold"), str(cfg.ckpt))
+    ckpt = Checkpoint.load(config.ckpt)
+    model = ckpt.tagger()
+    thresholds, thr_source = ckpt.decision_thresholds(config.threshold)
     hp = model.hparams
-    if cfg.top_k > hp.num_classes:
-        raise ValueError(f"top_k={cfg.top_k}: the model has only {hp.num_classes} classes")
-    clips = load_input(cfg.input, cfg.get("on_bad_record", "error"))
+    if config.top_k > hp.num_classes:
+        raise ValueError(f"top_k={config.top_k}: the model has only {hp.num_classes} classes")
+    clips = load_input(config.input, config.on_bad_record)
     shape = tuple(clips["features"].shape[1:])
     if shape != (hp.max_frames, hp.in_dim):
-        raise ValueError(f"input={cfg.input}: clips of {shape[0]} frames × {shape[1]} dims, but the model in "
-                         f"ckpt={cfg.ckpt} takes {hp.max_frames} × {hp.in_dim}")
-    data_root = (ckpt.get("datamodule_hyper_parameters") or {}).get("root")
-    names, labels_path = class_names(cfg.get("labels"), data_root, cfg.input, hp.num_classes)
-    out_dir = Path(cfg.out).expanduser()
-    csv_path, labels_csv, json_path = write_predictions(model, clips, names, cfg.top_k, out_dir, thresholds,
-                                                        cfg.batch_size)
+        raise ValueError(f"input={config.input}: clips of {shape[0]} frames × {shape[1]} dims, but the model in "
+                         f"ckpt={config.ckpt} takes {hp.max_frames} × {hp.in_dim}")
+    if config.labels or ckpt.class_names() is None:
+        names, labels_path = class_names(config.labels, ckpt.data.get("root"), config.input, hp.num_classes)
+    else:
+        names, labels_path = ckpt.class_names(), None
+    out_dir = Path(config.out).expanduser()
+    with job_state(config.threads):
+        csv_path, labels_csv, json_path = write_predictions(model, clips, names, config.top_k, out_dir, thresholds,
+                                                            config.batch_size)
     n = len(clips["lengths"])
-    log.info("top %d classes of %d clips and the classes tagged at thresholds %s: %s, %s, %s", cfg.top_k, n,
+    log.info("top %d classes of %d clips and the classes tagged at thresholds %s: %s, %s, %s", config.top_k, n,
              thr_source, csv_path, labels_csv, json_path)
-    return {"status": "ok", "clips": n, "top_k": cfg.top_k, "csv": str(csv_path), "json": str(json_path),
+    return {"status": "ok", "clips": n, "top_k": config.top_k, "csv": str(csv_path), "json": str(json_path),
             "labels_csv": str(labels_csv), "thresholds": thr_source,
-            "labels": str(labels_path) if labels_path else None, "ckpt": str(cfg.ckpt), "input": str(cfg.input),
-            "seconds": round(time.time() - t0, 2)}
-
-
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="predict")
-def main(cfg: DictConfig):
-    return task(run)(cfg)
+            "labels": str(labels_path) if labels_path else None, "ckpt": str(config.ckpt),
+            "input": str(config.input), "seconds": round(time.time() - t0, 2)}
 
 
 if __name__ == "__main__":
-    cli(main)
+    from aer.cli import predict
+
+    predict()

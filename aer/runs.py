@@ -8,14 +8,22 @@ ensemble.py's `sweep=DIR` all find runs with `find_runs` and compare them with `
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from aer.errors import first_line, one_line
+from aer.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 RUN_MARKERS = (".hydra", "metrics.json", "checkpoints", "tensorboard")
 # the checkpoints train.py writes: best (monitored), last (every epoch), swa (averaged), final (final mode)
@@ -90,7 +98,7 @@ def read_overrides(path: str | os.PathLike) -> list[str]:
     try:
         lines = yaml.safe_load(path.read_text()) or []
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise ValueError(f"{path}: unreadable ({one_line(e, typed=True)})") from None
     if not isinstance(lines, list) or not all(isinstance(s, str) for s in lines):
         raise ValueError(f"{path}: expected a list of override strings, as Hydra writes it")
     return lines
@@ -116,7 +124,7 @@ def parse_override(line: str, source: str = "overrides") -> tuple[str, str]:
     try:
         (o,) = _parser().parse_overrides([line])
     except OverrideParseException as e:
-        raise ValueError(f"{source}: {line!r} is not a Hydra override ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"{source}: {line!r} is not a Hydra override ({first_line(e)})") from None
     key = o.key_or_group + (f"@{o.package}" if o.package else "")
     if o.is_delete():
         return key, "(deleted)"
@@ -178,3 +186,116 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     params = [r.params for r in runs]
     keys = list(dict.fromkeys(k for p in params for k in p))
     return [k for k in keys if len({p.get(k) for p in params}) > 1]
+
+
+# ---- checkpoints given as members (ensemble.py's ckpts= and sweep=, distill.*)
+def sweep_checkpoints(sweep_dir: str | Path, key: str = "sweep") -> list[Path]:
+    """The result checkpoint of every finished job under `sweep_dir`, in job order; others are skipped.
+
+    Jobs are aer.runs' run dirs; a finished one has metrics.json with status ok (train.py writes it
+    last; a failed or diverged job says so there). Its checkpoint is aer.runs.Run.result_checkpoint:
+    metrics.json's best_ckpt, else checkpoints/best.ckpt, final.ckpt, then the last epoch's. `key`: the
+    setting the folder was given as, for the errors.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{key}={root}: no such directory (expected a train.py -m sweep dir)")
+    found = []
+    for run in find_runs(root):
+        if run.status != "ok":
+            log.warning("sweep job %s: skipped, status %s (%s)", run.name, run.status, run.error or "no error")
+            continue
+        ckpt = run.result_checkpoint()
+        if ckpt is None:
+            log.warning("sweep job %s: skipped, finished but holds no checkpoint", run.name)
+            continue
+        found.append(ckpt.resolve())
+    if not found:
+        raise FileNotFoundError(f"{key}={root}: no finished job with a checkpoint (looked for metrics.json "
+                                f"with status ok and checkpoints/{{best,final,last}}.ckpt in its job folders)")
+    log.info("sweep %s: %d members", root, len(found))
+    return found
+
+
+def member_paths(ckpts, sweep: str | None, prefix: str = "") -> list[Path]:
+    """`ckpts` (in order), then the checkpoints of the sweep dir `sweep`; relative paths are taken from the
+    user's cwd. `prefix`: where the two settings live (ensemble.py's are top-level, train.py's `distill.`)."""
+    paths = [Path(c).expanduser().absolute().resolve() for c in ckpts or []]
+    if sweep:
+        paths += sweep_checkpoints(Path(sweep).expanduser().absolute(), f"{prefix}sweep")
+    if not paths:
+        raise ValueError(f"{prefix}ckpts and {prefix}sweep are both empty: give {prefix}ckpts=[a.ckpt,b.ckpt,...] "
+                         f"and/or {prefix}sweep=DIR")
+    return paths
+
+
+# ---- sweep summaries: one table (markdown and CSV) of every job's metrics.json and overrides, with each
+# trial's Optuna state and value in an Optuna sweep (its trials.json, written by aer.search)
+COLUMNS = ("val/mAP", "val/mAP_best", "val/mAUC", "test/mAP", "test/mAUC", "test/dprime", "train/clips_per_s")
+
+
+def collect(sweep_dir: str | Path) -> list[dict]:
+    """One row per run under `sweep_dir` (aer.runs.find_runs), in job order: its metrics.json, `job`
+    (its dir relative to the sweep's), `overrides` (a list, as Hydra recorded them) and `swept`
+    (those of the keys that differ between the jobs: all of them when nothing does, as in a one-job sweep)."""
+    runs = find_runs(sweep_dir)
+    keys = set(swept_keys(runs)) or {k for r in runs for k in r.params}
+    rows = []
+    for run in runs:
+        # metrics.json of a failed job carries its overrides too: .hydra's are the ones shown
+        rows.append({**run.metrics, "status": run.status, "error": run.error, "job": run.name,
+                     "overrides": list(run.overrides), "swept": run.overrides_of(keys)})
+    return merge_trials(rows, sweep_dir)
+
+
+def merge_trials(rows: list[dict], sweep_dir: str | Path) -> list[dict]:
+    """Adds trial, state and value to the jobs of an Optuna sweep; other sweeps' rows are returned as they are."""
+    path = Path(sweep_dir) / "trials.json"
+    if not path.exists():
+        return rows
+    trials = {t["job"]: t for t in json.loads(path.read_text())}
+    for r in rows:
+        t = trials.get(r["job"])
+        if t:
+            r.update(trial=t["trial"], state=t["state"], value=t["value"])
+            if t.get("note"):
+                r["error"] = "; ".join(filter(None, [r.get("error"), t["note"]]))
+    return rows
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4f}"
+    if isinstance(v, list):  # overrides: one cell, each as Hydra recorded it
+        return " ".join(map(str, v))
+    return "" if v is None else str(v)
+
+
+def _cell(v):
+    """A CSV cell: numbers at full precision, lists as fmt joins them."""
+    return fmt(v) if isinstance(v, list) else "" if v is None else v
+
+
+def summary_tables(rows: list[dict]) -> tuple[str, str]:
+    """(summary.md: the swept values only, summary.csv: with the full overrides) of collect's rows."""
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    head = ["job", "swept", "status", *[c for c in ("state", "value") if any(c in r for r in rows)], *cols, "error"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*head, "overrides"])
+    for r in rows:
+        vals = [fmt(r.get(h)) for h in head]
+        md.append("| " + " | ".join(v.replace("|", "\\|").replace("\n", " ") for v in vals) + " |")
+        w.writerow([*(_cell(r.get(h)) for h in head), fmt(r["overrides"])])
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def write_summary(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[dict]:
+    """Writes summary.md and summary.csv of the sweep into `out_dir` (default: the sweep dir); returns the rows."""
+    rows = collect(sweep_dir)
+    out = Path(out_dir if out_dir is not None else sweep_dir)
+    md, table = summary_tables(rows)
+    atomic_write_text(out / "summary.md", md)
+    atomic_write_text(out / "summary.csv", table)
+    return rows

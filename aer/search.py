@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from aer.utils import atomic_write_text, write_json
+from aer.callbacks import StopsRun
+from aer.files import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def trial_rows(study) -> list[dict]:
 
 def write_study_files(study, sweep_dir: Path, space: list[Dim], fixed: list[str], choices: dict) -> Path | None:
     """trials.json, the sweep summary, and the best trial as an experiment overlay; returns the overlay's path."""
-    from aer.sweep import write_summary
+    from aer.runs import write_summary
 
     write_json(sweep_dir / "trials.json", trial_rows(study))
     write_summary(sweep_dir)
@@ -264,7 +264,7 @@ def job_trial():
     return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, hc.job.num))
 
 
-class OptunaPruning(pl.Callback):
+class OptunaPruning(StopsRun):
     """Reports the sweeper's metric to this job's trial after each validation and stops training
     when the study's pruner says so; the run then ends normally with status `pruned`."""
 
@@ -284,7 +284,7 @@ class OptunaPruning(pl.Callback):
             prune = self.trial.should_prune()
         # every DDP rank must stop at the same epoch; only rank 0 holds the trial
         if trainer.strategy.reduce_boolean_decision(prune, all=False):
-            self.pruned_epoch = trainer.current_epoch
+            self.pruned_epoch, self.stopped = trainer.current_epoch, "pruned"
             trainer.should_stop = True
             log.info("trial pruned after epoch %d (%s)", trainer.current_epoch + 1, self.metric)
 

@@ -1,46 +1,22 @@
 """Every setting a user can type, declared once: its default, type and allowed values.
 
-Each dataclass here is one config section (data, model=NAME, init=NAME, optim, augment, swa and
-the top-level keys). Hydra's schema is built from them (aer.config registers it in the
-ConfigStore; the yaml files hold only what differs from these defaults), and the code that uses a
-section builds it from the same class, whose `__post_init__` validates the values. No torch here:
-a bad value is reported before anything heavy is imported or read.
+Each dataclass here is one config section (data, model=NAME, init=NAME, optim, augment, swa, ...) or
+one command's whole config (TrainConfig, EvaluateConfig, ...). Hydra's schema is built from them
+(aer.config registers it in the ConfigStore; the yaml files hold only what differs from these
+defaults); aer.config.build builds a command's config once, before any work, and its values are
+checked then, by aer.schema.check. The code receives these objects. No torch here: a bad value is
+reported before anything heavy is imported or read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+from omegaconf import MISSING
 
 from aer.data.records import NUM_CLASSES
-from aer.schema import Annotated, Fraction, NonNegative, Positive, Range, check, hints, split_hint
-
-
-@dataclass
-class Section:
-    """A config section; `KEY` is where it lives in the config (the prefix of its error messages)."""
-
-    KEY: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        for name, hint in hints(type(self)).items():  # nested sections given as dicts (from a config)
-            inner = split_hint(hint)[0]
-            value = getattr(self, name, None)
-            if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, Section):
-                setattr(self, name, inner.build(value))
-        check(type(self), self.as_dict(), self.KEY)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values, nested sections as dicts: what a checkpoint stores."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def build(cls, values: dict | None) -> Section:
-        """From a config node or dict (unknown keys named in the error, as the config check names them)."""
-        values = dict(values or {})
-        check(cls, values, cls.KEY)
-        return cls(**values)
+from aer.schema import INTERNAL, Example, Fraction, NonNegative, Positive, Range, Section, check, check_keys
 
 
 # ---- data: aer.data.datamodule.AudioSetDataModule takes exactly these
@@ -73,7 +49,7 @@ class DataSettings(Section):
     cache_dir: str | None = None                    # default: beside a demo set, else ~/.cache/aer/<root>-<hash>
     batch_size: Positive = 500
     eval_batch_size: Positive = 2048
-    val_fraction: Annotated[float, Range(0, 1, open_lo=True)] = 0.2
+    val_fraction: Annotated[float, Range(0, 1, open_lo=True, open_hi=True)] = 0.2
     split_seed: int = 0
     seed: int = 0                                   # the training batches' order
     normalize: Literal["unit", "standardize"] = "unit"  # unit: x/255 as in the report | standardize:
@@ -100,8 +76,6 @@ class DataSettings(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.val_fraction >= 1:
-            raise ValueError(f"data.val_fraction={self.val_fraction!r}: expected a number between 0 and 1")
         self.train_splits  # noqa: B018 — checks train_split
 
     @property
@@ -214,6 +188,13 @@ MODELS: dict[str, type[Section]] = {
 }
 
 
+def registered(registry: dict[str, type[Section]], name: str, key: str) -> type[Section]:
+    """The settings class of option `name` of `registry` (model=NAME, init=NAME)."""
+    if name not in registry:
+        raise ValueError(f"{key}={name!r}: expected one of {', '.join(sorted(registry))}")
+    return registry[name]
+
+
 # ---- init=NAME: the schemes of aer.init take these
 @dataclass
 class InitSection(Section):
@@ -282,18 +263,13 @@ class AugmentSettings(Section):
     label_smoothing: Fraction = 0.0
     # each real frame of a training clip left out with this probability (at least one kept): the clip
     # becomes the shorter one of its kept frames, in their order
-    frame_dropout: Fraction = 0.0
+    frame_dropout: Annotated[float, Range(0, 1, open_hi=True)] = 0.0
     # Gaussian noise of this sd added to the real frames' features, on the x/255 scale the networks take
     # (before standardisation; a dimension's sd over the training frames is about 0.1 on that scale)
     feature_noise: NonNegative = 0.0
     # training targets only: every positive class's ancestors in data.root/ontology.json (transitively, also
     # through nodes that are not classes) are made positive too; validation and test labels are never changed
     ontology_targets: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.frame_dropout >= 1:
-            raise ValueError(f"augment.frame_dropout={self.frame_dropout!r}: expected a probability below 1")
 
 
 @dataclass
@@ -383,3 +359,232 @@ class TrainSettings(Section):
         if self.swa.enabled and self.ema.enabled:
             raise ValueError("swa.enabled=true and ema.enabled=true: the run's result is one average of the "
                              "weights; choose one")
+
+
+# ---- the commands: each takes one config, built once (aer.config.build) before any work
+OUTPUT_DIR = Example("paths.output_dir=DIR (Hydra sets it to the run dir)")
+
+
+@dataclass
+class Choice:
+    """A registered option and its settings: model=NAME with model.*, init=NAME with init.*."""
+
+    name: str
+    settings: Section
+
+
+@dataclass
+class TrainerSettings(Section):
+    """The pl.Trainer arguments (conf/trainer/) whose values aer reads or refuses itself; the trainer's other
+    arguments go to pl.Trainer as they are. Null: Lightning's own default."""
+
+    KEY: ClassVar[str] = "trainer"
+    max_epochs: Positive | None = None
+    # a count of training fetches (each data.steps_per_fetch batches) or a fraction of them
+    limit_train_batches: Annotated[float, Range(0, open_lo=True)] | None = None
+    check_val_every_n_epoch: Positive | None = None
+    log_every_n_steps: Positive | None = None
+    # clipping and accumulation as Lightning's automatic optimization does them, in aer's one training loop
+    gradient_clip_val: NonNegative | None = None
+    gradient_clip_algorithm: Literal["norm", "value"] | None = None
+    accumulate_grad_batches: Positive | None = None
+
+
+@dataclass
+class TrainConfig(TrainSettings):
+    """All of `python train.py`: the top-level keys (TrainSettings), the config groups' sections, and the
+    Lightning nodes aer instantiates as they are (`lightning`: trainer arguments, callbacks, loggers)."""
+
+    data: DataSettings | None = None
+    model: Choice | None = None
+    init: Choice | None = None
+    trainer: TrainerSettings | None = None
+    lightning: dict = field(default_factory=dict, metadata={INTERNAL: True})
+    output_dir: Annotated[str, OUTPUT_DIR] | None = field(default=None, metadata={INTERNAL: True})
+
+
+CKPT = Example("ckpt=outputs/train/runs/<run>/checkpoints/best.ckpt")
+Probability = Annotated[float, Range(0, 1)]
+Split = Literal["eval", "val"]   # eval: the eval split | val: the dev 20% held out of the training split
+
+
+@dataclass
+class Scoring(Section):
+    """What the commands that score a checkpoint's data share: the data to score on (the checkpoint's stored
+    data settings overlaid with every data.* given), where they run, where they write."""
+
+    KEY: ClassVar[str] = ""
+    task_name: str = ""
+    seed: int = 0                     # read only by the ${seed} in data=... configs: nothing is drawn at random
+    threads: Positive | None = None   # torch CPU threads; null: torch's default
+    data: dict = field(default_factory=dict)   # data.* given: checked by DataSettings' rules, null ones dropped
+    output_dir: Annotated[str, OUTPUT_DIR] | None = field(default=None, metadata={INTERNAL: True})
+
+    def __post_init__(self) -> None:
+        given = {k: v for k, v in (self.data or {}).items() if v is not None and not str(k).startswith("_")}
+        check_keys(DataSettings, given, "data")
+        check(DataSettings, given, "data")
+        self.data = given
+        super().__post_init__()
+
+
+@dataclass
+class EvaluateConfig(Scoring):
+    """`python evaluate.py`: one checkpoint scored on a split."""
+
+    ckpt: Annotated[str, CKPT] = MISSING
+    split: Split = "eval"
+    # F1/precision/recall of the decisions at this threshold for every class; null: the checkpoint's own
+    # (python -m aer.thresholds), else 0.5
+    threshold: Probability | None = None
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+
+
+@dataclass
+class EnsembleConfig(Scoring):
+    """`python ensemble.py`: the (weighted) mean of several checkpoints' probabilities, scored like one model."""
+
+    ckpts: Any = None              # checkpoint paths; any mix of network types
+    sweep: str | None = None       # a train.py -m sweep dir: every finished job's result checkpoint, in job order
+    weights: Any = None            # one per member (ckpts first, then the sweep's), normalised; null: uniform
+    select: Literal["none", "greedy"] = "none"   # greedy: forward selection with replacement on the dev split
+    rounds: Positive = 20          # greedy selection steps; the best-scoring step's picks are kept
+    split: Split = "eval"
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.ckpts, str):
+            self.ckpts = [self.ckpts]
+        if self.ckpts is not None and not (isinstance(self.ckpts, (list, tuple))
+                                           and all(isinstance(c, str) for c in self.ckpts)):
+            raise ValueError(f"ckpts={self.ckpts!r}: expected a list of checkpoint paths, e.g. ckpts=[a.ckpt,b.ckpt]")
+        if not self.ckpts and not self.sweep:
+            raise ValueError("ckpts and sweep are both empty: give ckpts=[a.ckpt,b.ckpt,...] and/or sweep=DIR")
+        if self.weights is not None and not isinstance(self.weights, (list, tuple)):
+            raise ValueError(f"weights={self.weights!r}: expected a list with one number per member, e.g. "
+                             f"weights=[2,1]")
+        if self.select == "greedy" and self.weights is not None:
+            raise ValueError("weights=... and select=greedy: greedy selection chooses the weights; give one of them")
+
+
+@dataclass
+class ThresholdsConfig(Scoring):
+    """`python -m aer.thresholds`: per-class decision thresholds chosen on the dev split."""
+
+    ckpt: Annotated[str, CKPT] = MISSING
+    # f1: each class's best-F1 threshold on the dev split | precision: the lowest threshold reaching `target`
+    # precision there (the most recall at that precision; a class that never reaches it is never tagged)
+    rule: Literal["f1", "precision"] = "f1"
+    target: Annotated[float, Range(0, 1, open_lo=True)] = 0.5   # rule=precision only
+    fallback: Probability = 0.5    # classes without positives in the dev split
+    # null: the thresholds go beside ckpt (<name>.thresholds.json) | a path: a copy of ckpt there, with them beside it
+    out: str | None = None
+    # a data.mode=final checkpoint trained on the dev split too: take the thresholds chosen for this dev-mode
+    # checkpoint of the same model and data instead
+    from_ckpt: str | None = None
+
+
+@dataclass
+class PredictConfig(Section):
+    """`python -m aer.predict`: each clip's likeliest classes and the classes it is tagged with."""
+
+    KEY: ClassVar[str] = ""
+    task_name: str = "predict"
+    ckpt: Annotated[str, CKPT] = MISSING
+    # a folder of .tfrecord shards (one split), one .tfrecord file, or an .h5 from `python -m aer.data convert`
+    input: Annotated[str, Example("input=<data root>/eval")] = MISSING
+    top_k: Positive = 5
+    labels: str | None = None        # class_labels_indices.csv; null: the checkpoint's, else beside the input
+    threshold: Probability | None = None   # null: the checkpoint's per-class thresholds, else 0.5
+    out: Annotated[str, Example("out=DIR")] = MISSING   # folder for predictions.csv, labels.csv, predictions.json
+    batch_size: Positive = 4096      # clips per forward pass
+    on_bad_record: OnBadRecord = "error"
+    threads: Positive | None = None
+
+
+@dataclass
+class ExportConfig(Section):
+    """`python -m aer.export`: a checkpoint as an ONNX or TorchScript file that runs without aer."""
+
+    KEY: ClassVar[str] = ""
+    task_name: str = "export"
+    ckpt: Annotated[str, CKPT] = MISSING
+    format: Literal["onnx", "torchscript"] = "onnx"
+    out: str | None = None           # null: beside the checkpoint, <stem>.onnx or <stem>.torchscript.pt
+    labels: str | None = None        # class_labels_indices.csv for the metadata; null: the checkpoint's
+    threads: Positive | None = None
+
+
+# ---- the argparse commands: python -m aer.data, aer.report, aer.compare (their flags are these fields)
+@dataclass
+class ConvertConfig(Section):
+    """`python -m aer.data convert SRC OUT`: one split's shards into one HDF5 file."""
+
+    KEY: ClassVar[str] = ""
+    src: str = MISSING
+    out: str = MISSING
+    workers: Positive = 1
+    on_bad_record: OnBadRecord = "error"
+    force: bool = False
+
+
+@dataclass
+class DemoConfig(Section):
+    """`python -m aer.data demo OUT`: synthetic shards in the release format."""
+
+    KEY: ClassVar[str] = ""
+    out: str = MISSING
+    clips: Positive = DemoSettings.clips
+    eval_clips: Positive | None = DemoSettings.eval_clips
+    seed: int = DemoSettings.seed
+
+
+@dataclass
+class DownloadConfig(Section):
+    """`python -m aer.data download ROOT`: the release, resumable."""
+
+    KEY: ClassVar[str] = ""
+    root: str = MISSING
+    base_url: str = MISSING
+    extract: bool = True
+    retries: Annotated[int, Range(0)] = 3
+    files: Any = None               # names of release files (aer.data.release.FILES); null: all of them
+    force: bool = False
+    keep_archive: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ReportConfig(Section):
+    """`python -m aer.report DIR [DIR ...]`: curves and tables of a run or a sweep."""
+
+    KEY: ClassVar[str] = ""
+    dir: Any = MISSING              # run or sweep dirs
+    out: str | None = None
+    by: str | None = None           # comma-separated overrides that label the runs
+
+
+@dataclass
+class CompareConfig(Section):
+    """`python -m aer.compare`: a sweep's jobs over seeds, or two checkpoints / predictions paired."""
+
+    KEY: ClassVar[str] = ""
+    dir: Any = None
+    out: Annotated[str, Example("--out DIR")] = MISSING
+    by: str | None = None
+    epochs: Positive | None = None
+    reach: float = 0.20
+    ckpts: Any = None
+    preds: Any = None
+    split: Split = "val"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    replicates: Annotated[int, Range(0)] = 1000
+    level: Annotated[float, Range(0, 1, open_lo=True, open_hi=True)] = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if sum(map(bool, (self.dir, self.ckpts, self.preds))) != 1:
+            raise ValueError("give sweep dirs, --ckpts A B or --preds A B (one of them)")

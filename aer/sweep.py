@@ -1,12 +1,8 @@
-"""Sweep summaries: one table (markdown and CSV) of every job's metrics.json and overrides, with each
-trial's Optuna state and value in an Optuna sweep (its trials.json, written by aer.search); and the
-ensemble of a sweep's jobs when it ends (EnsembleSweep, for experiment=best_ensemble)."""
+"""Hydra callbacks of a multirun: its summary table when it ends (SweepSummary; the table: aer.runs.write_summary),
+and the ensemble of its jobs (EnsembleSweep, for experiment=best_ensemble)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import subprocess
 import sys
@@ -15,79 +11,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aer.runs import find_runs, swept_keys
-from aer.utils import atomic_write_text
+from aer.runs import write_summary
 
 log = logging.getLogger(__name__)
-
-COLUMNS = ("val/mAP", "val/mAP_best", "val/mAUC", "test/mAP", "test/mAUC", "test/dprime", "train/clips_per_s")
-
-
-def collect(sweep_dir: str | Path) -> list[dict]:
-    """One row per run under `sweep_dir` (aer.runs.find_runs), in job order: its metrics.json, `job`
-    (its dir relative to the sweep's), `overrides` (a list, as Hydra recorded them) and `swept`
-    (those of the keys that differ between the jobs: all of them when nothing does, as in a one-job sweep)."""
-    runs = find_runs(sweep_dir)
-    keys = set(swept_keys(runs)) or {k for r in runs for k in r.params}
-    rows = []
-    for run in runs:
-        # metrics.json of a failed job carries its overrides too: .hydra's are the ones shown
-        rows.append({**run.metrics, "status": run.status, "error": run.error, "job": run.name,
-                     "overrides": list(run.overrides), "swept": run.overrides_of(keys)})
-    return merge_trials(rows, sweep_dir)
-
-
-def merge_trials(rows: list[dict], sweep_dir: str | Path) -> list[dict]:
-    """Adds trial, state and value to the jobs of an Optuna sweep; other sweeps' rows are returned as they are."""
-    path = Path(sweep_dir) / "trials.json"
-    if not path.exists():
-        return rows
-    trials = {t["job"]: t for t in json.loads(path.read_text())}
-    for r in rows:
-        t = trials.get(r["job"])
-        if t:
-            r.update(trial=t["trial"], state=t["state"], value=t["value"])
-            if t.get("note"):
-                r["error"] = "; ".join(filter(None, [r.get("error"), t["note"]]))
-    return rows
-
-
-def fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4f}"
-    if isinstance(v, list):  # overrides: one cell, each as Hydra recorded it
-        return " ".join(map(str, v))
-    return "" if v is None else str(v)
-
-
-def _cell(v):
-    """A CSV cell: numbers at full precision, lists as fmt joins them."""
-    return fmt(v) if isinstance(v, list) else "" if v is None else v
-
-
-def summary_tables(rows: list[dict]) -> tuple[str, str]:
-    """(summary.md: the swept values only, summary.csv: with the full overrides) of collect's rows."""
-    cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    head = ["job", "swept", "status", *[c for c in ("state", "value") if any(c in r for r in rows)], *cols, "error"]
-    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow([*head, "overrides"])
-    for r in rows:
-        vals = [fmt(r.get(h)) for h in head]
-        md.append("| " + " | ".join(v.replace("|", "\\|").replace("\n", " ") for v in vals) + " |")
-        w.writerow([*(_cell(r.get(h)) for h in head), fmt(r["overrides"])])
-    return "\n".join(md) + "\n", buf.getvalue()
-
-
-def write_summary(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[dict]:
-    """Writes summary.md and summary.csv of the sweep into `out_dir` (default: the sweep dir); returns the rows."""
-    rows = collect(sweep_dir)
-    out = Path(out_dir if out_dir is not None else sweep_dir)
-    md, table = summary_tables(rows)
-    atomic_write_text(out / "summary.md", md)
-    atomic_write_text(out / "summary.csv", table)
-    return rows
 
 
 class SweepSummary(Callback):

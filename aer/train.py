@@ -1,4 +1,4 @@
-"""Training: one Hydra config in, one run dir out (checkpoints, TensorBoard events, metrics.json)."""
+"""Training: one TrainConfig in, one run dir out (checkpoints, TensorBoard events, metrics.json)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,21 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import StochasticWeightAveraging
+from pytorch_lightning.callbacks import ModelCheckpoint, StochasticWeightAveraging
 
-from aer.callbacks import EMA, BestMetric, Divergence, FrozenHeap, Throughput
-from aer.checkpoint import AtomicCheckpointIO, load_checkpoint
-from aer.config import sections, tagger_kwargs
+from aer.callbacks import EMA, BestMetric, Divergence, FrozenHeap, StopsRun, Throughput
+from aer.checkpoint import AtomicCheckpointIO, Checkpoint
+from aer.data.datamodule import AudioSetDataModule
+from aer.files import remove_stale_partials, write_json
 from aer.launch import ddp_launch, job_state
 from aer.module import Tagger
-from aer.search import OptunaPruning
+from aer.settings import TrainConfig
 from aer.timing import JobTiming
-from aer.utils import remove_stale_partials, write_json
 
 log = logging.getLogger(__name__)
+
+# trainer.* keys the Tagger takes itself (Lightning refuses them under manual optimization: Tagger.configure_steps)
+STEP_KEYS = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 
 
 def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
@@ -37,21 +39,17 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
     return ckpt_path
 
 
-# The data settings that decide which clips are trained on and which validated.
-SPLIT_KEYS = ("mode", "train_split", "val_fraction", "split_seed", "num_classes")
-
-
-def check_resume(path: str, dm) -> None:
-    """The checkpoint must be an aer one (read by the one safe loader) trained on the same split."""
-    stored = load_checkpoint(path).get("datamodule_hyper_parameters") or {}
-    for key in SPLIT_KEYS:
-        if key in stored and stored[key] != dm.hparams.get(key):
+def check_resume(path: str, dm: AudioSetDataModule) -> None:
+    """The checkpoint must be an aer one (read by the one safe loader) that held out the same clips."""
+    stored, ours = Checkpoint.load(path).held_out or {}, dm.held_out()
+    for key in stored:
+        if stored[key] != ours.get(key):
             raise ValueError(f"ckpt_path={path}: it was trained with data.{key}={stored[key]!r}, this run has "
-                             f"data.{key}={dm.hparams.get(key)!r}; resuming would train or validate on other "
-                             f"clips: use the same data settings, or start a new run")
+                             f"data.{key}={ours.get(key)!r}; resuming would train or validate on other clips: use "
+                             f"the same data settings, or start a new run")
 
 
-def no_steps_reason(trainer: pl.Trainer, dm) -> str:
+def no_steps_reason(trainer: pl.Trainer, dm: AudioSetDataModule) -> str:
     """Why fit ran no optimizer step, in words a user can act on."""
     dm.setup("fit")
     n = len(dm.split_info("train")["labels"])
@@ -60,26 +58,27 @@ def no_steps_reason(trainer: pl.Trainer, dm) -> str:
     return f"{n} training clips, data.batch_size={dm.batch_size}, trainer.max_epochs={trainer.max_epochs}"
 
 
-def hparams_for_dashboard(cfg: DictConfig) -> dict:
+def hparams_for_dashboard(config: TrainConfig) -> dict:
     """The values a sweep compares, flat, for TensorBoard's HParams tab."""
-    flat = {"model": cfg.model.name, "init": cfg.init.name, "seed": cfg.seed, "data.mode": cfg.data.mode,
-            "data.batch_size": cfg.data.batch_size, "data.normalize": cfg.data.normalize,
-            "tags": ",".join(map(str, cfg.tags))}
-    for section in ("model", "init", "optim", "augment", "distill"):
-        for k, v in (OmegaConf.to_container(cfg.get(section) or {}, resolve=True)).items():
-            if k != "name":
-                flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    flat = {"model": config.model.name, "init": config.init.name, "seed": config.seed, "data.mode": config.data.mode,
+            "data.batch_size": config.data.batch_size, "data.normalize": config.data.normalize,
+            "tags": ",".join(map(str, config.tags))}
+    sections = {"model": config.model.settings, "init": config.init.settings, "optim": config.optim,
+                "augment": config.augment, "distill": config.distill}
+    for name, section in sections.items():
+        for k, v in section.as_dict().items():
+            flat[f"{name}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return flat
 
 
-def make_loggers(cfg: DictConfig) -> list:
+def make_loggers(config: TrainConfig) -> list:
     """The `logger` group's loggers, one per key (`logger=[tensorboard,mlflow]`, `logger=many`), hparams logged."""
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    node = cfg.get("logger") or {}
+    node = config.lightning.get("logger") or {}
     nodes = [node] if "_target_" in node else [c for c in node.values() if c]  # one logger's config, as before
     loggers = [hydra.utils.instantiate(c) for c in nodes]
-    hparams = hparams_for_dashboard(cfg)
+    hparams = hparams_for_dashboard(config)
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):  # its HParams tab needs the metrics declared up front
             lg.log_hyperparams(hparams, {"val/mAP": 0.0, "val/mAUC": 0.0, "test/mAP": 0.0, "test/mAUC": 0.0})
@@ -112,8 +111,6 @@ def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
     improves, it would write last.ckpt at validation's end only for this one to write it again at
     the epoch's end (a third checkpoint write, 11 MB for report_fc, in most epochs).
     """
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.save_last is True and cb.monitor and cb.dirpath:
             cb.save_last = False
@@ -125,43 +122,51 @@ def last_epoch_checkpoint(callbacks: list) -> list[pl.Callback]:
     return []
 
 
-def build(cfg: DictConfig, timing: JobTiming | None = None) -> tuple:
-    """(data module, Tagger, Lightning trainer, aer's own callbacks and checkpoint writer by name) for a
-    checked train config; `timing`, when given, is one of the trainer's callbacks and times the data's
-    loading here."""
+def tagger(config: TrainConfig) -> Tagger:
+    """The Tagger a train config trains (its arguments are the config's sections)."""
+    return Tagger(model=config.model.name, model_kwargs=config.model.settings, init=config.init.name,
+                  init_kwargs=config.init.settings, normalize=config.data.normalize, optim=config.optim,
+                  augment=config.augment, distill=config.distill, num_classes=config.data.num_classes)
+
+
+def build(config: TrainConfig, timing: JobTiming | None = None) -> tuple:
+    """(data module, Tagger, Lightning trainer, aer's own callbacks and checkpoint writer by name) for a train
+    config; `timing`, when given, is one of the trainer's callbacks and times the data's loading here."""
     timing = timing or JobTiming()
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain values: checkpoints load weights_only
+    dm = AudioSetDataModule(config.data)
     dm.check_layout()
-    model = Tagger(**tagger_kwargs(cfg))
-    if cfg.compile:
+    model = tagger(config)
+    trainer_kwargs = dict(config.lightning.get("trainer") or {})
+    model.configure_steps(**{k: trainer_kwargs.pop(k, None) for k in STEP_KEYS})
+    if config.compile:
         model.net.compile()
     ours = {"throughput": Throughput(), "best": BestMetric("val/mAP"), "divergence": Divergence()}
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [hydra.utils.instantiate(c) for c in (config.lightning.get("callbacks") or {}).values() if c]
     last = last_epoch_checkpoint(callbacks)
     callbacks += last
-    if cfg.swa.enabled:
-        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.swa.lr or cfg.optim.lr,
-                                                   swa_epoch_start=cfg.swa.epoch_start,
-                                                   annealing_epochs=cfg.swa.annealing_epochs))
-    if cfg.ema.enabled:  # validated and checkpointed with the averaged weights, which the model holds after fit
-        callbacks.append(EMA(cfg.ema.decay, cfg.ema.start_step))
+    if config.swa.enabled:
+        callbacks.append(StochasticWeightAveraging(swa_lrs=config.swa.lr or config.optim.lr,
+                                                   swa_epoch_start=config.swa.epoch_start,
+                                                   annealing_epochs=config.swa.annealing_epochs))
+    if config.ema.enabled:  # validated and checkpointed with the averaged weights, which the model holds after fit
+        callbacks.append(EMA(config.ema.decay, config.ema.start_step))
     callbacks += [*ours.values(), FrozenHeap(), timing]
     ckpt_io = AtomicCheckpointIO(background=True)  # written while training goes on
     ours.update(last=last[0] if last else None, checkpoint_io=ckpt_io)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg) or False,
-                                                  plugins=[ckpt_io])
+    trainer: pl.Trainer = hydra.utils.instantiate(trainer_kwargs, callbacks=callbacks,
+                                                  logger=make_loggers(config) or False, plugins=[ckpt_io])
     hand_over(dm, model, trainer, timing)
     return dm, model, trainer, ours
 
 
-def hand_over(dm, model: Tagger, trainer: pl.Trainer, timing: JobTiming) -> None:
+def hand_over(dm: AudioSetDataModule, model: Tagger, trainer: pl.Trainer, timing: JobTiming) -> None:
     """What the Tagger takes from the training data before fit: the input statistics (stored in its
     checkpoint), the ontology's ancestor matrix and the teachers' probabilities (neither stored: a
     resumed run is handed them again)."""
     if model.augment.ontology_targets:  # read first: a missing ontology.json is reported before any conversion
         import torch
 
-        from aer.ontology import root_ancestors
+        from aer.data.ontology import root_ancestors
 
         dm.ensure_demo()  # a demo set brings its ontology.json
         model.set_ancestors(torch.from_numpy(root_ancestors(dm.root, dm.num_classes)))
@@ -178,27 +183,25 @@ def hand_over(dm, model: Tagger, trainer: pl.Trainer, timing: JobTiming) -> None
         model.set_input_stats(*dm.input_stats())
 
 
-def run(cfg: DictConfig) -> dict:
+def run(config: TrainConfig) -> dict:
     """Trains (and, in final mode, tests) one model; returns what it writes to metrics.json (and
     writes where its time went to timing.json: aer.timing)."""
     timing = JobTiming()
-    with timing.phase("build"):
-        sections(cfg)  # every setting checked before any work
-    with job_state(cfg.threads):
-        return _run(cfg, timing)
+    with job_state(config.threads):
+        return _run(config, timing)
 
 
-def _run(cfg: DictConfig, timing: JobTiming) -> dict:
+def _run(config: TrainConfig, timing: JobTiming) -> dict:
     t0 = time.time()
-    out_dir = Path(cfg.paths.output_dir)
+    out_dir = Path(config.output_dir)
     with timing.phase("build"):
-        pl.seed_everything(cfg.seed, workers=True)
-        dm, model, trainer, ours = build(cfg, timing)
+        pl.seed_everything(config.seed, workers=True)
+        dm, model, trainer, ours = build(config, timing)
     final = dm.mode == "final"
     ckpt_cb = trainer.checkpoint_callback
     for folder in (out_dir, Path(ckpt_cb.dirpath)):
         remove_stale_partials(folder)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(ckpt_cb.dirpath))
+    ckpt_path = resolve_ckpt_path(config.ckpt_path, Path(ckpt_cb.dirpath))
     if ckpt_path:
         check_resume(ckpt_path, dm)
     with ddp_launch(trainer):
@@ -210,7 +213,7 @@ def _run(cfg: DictConfig, timing: JobTiming) -> dict:
     metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
     best_path = ckpt_cb.best_model_path or None
     last_path = (ours["last"] and ours["last"].best_model_path) or ckpt_cb.last_model_path or None
-    if cfg.swa.enabled:  # the model now holds the averaged weights: they are the run's result
+    if config.swa.enabled:  # the model now holds the averaged weights: they are the run's result
         best_path = str(Path(ckpt_cb.dirpath) / "swa.ckpt")
         trainer.save_checkpoint(best_path)
     # Validate the weights the model holds after fit when the last epoch's metrics do not describe
@@ -220,23 +223,24 @@ def _run(cfg: DictConfig, timing: JobTiming) -> dict:
     validated = ours["best"].validated_epoch  # fit's last validation (0-based); the weights are current_epoch - 1's
     resumed_finished = "val/mAP" not in metrics and ckpt_path is not None
     skipped = not resumed_finished and (validated is None or validated < trainer.current_epoch - 1)
-    if not final and (cfg.swa.enabled or trainer.limit_val_batches and (resumed_finished or skipped)):
+    if not final and (config.swa.enabled or trainer.limit_val_batches and (resumed_finished or skipped)):
         if resumed_finished:
             log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
         elif skipped:
             log.info("fit did not validate the last epoch (%d; trainer.check_val_every_n_epoch=%d): validating the "
                      "final weights", trainer.current_epoch, trainer.check_val_every_n_epoch)
-        metrics.update({k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()})
+        trainer.validate(model, datamodule=dm, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if final:
-        for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items():
-            metrics[k] = float(v)
+        trainer.test(model, datamodule=dm, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     else:
         metrics["val/mAP_best"] = ours["best"].best
     metrics["train/clips_per_s"] = ours["throughput"].clips_per_s
-    pruned = any(isinstance(cb, OptunaPruning) and cb.pruned_epoch is not None for cb in trainer.callbacks)
-    diverged = None if pruned else ours["divergence"].verdict(metrics, trainer.current_epoch)
+    stopped = next((cb.stopped for cb in trainer.callbacks if isinstance(cb, StopsRun) and cb.stopped), None)
+    diverged = None if stopped else ours["divergence"].verdict(metrics, trainer.current_epoch)
     result = {
-        **metrics, "status": "pruned" if pruned else "diverged" if diverged else "ok", "diverged": diverged,
+        **metrics, "status": stopped or ("diverged" if diverged else "ok"), "diverged": diverged,
         "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_ckpt": best_path, "last_ckpt": last_path,
         "seconds": round(time.time() - t0, 2),

@@ -4,7 +4,7 @@
 
 Exports CKPT as ONNX and TorchScript into a temporary folder (`aer.export.run`), then scores the
 dev 20% held out of its training split (the clips the run validated on) with PyTorch (the Tagger
-behind the same uint8 input, `aer.export.release_model`), onnxruntime and the TorchScript file,
+behind the same uint8 input, `Tagger.probabilities`), onnxruntime and the TorchScript file,
 in batches of --batch; each is timed --repeat times after a warm-up, in turn in the same run
 (median shown). Prints each file's largest |Δp| against PyTorch, how many (clip, class) decisions
 at the checkpoint's thresholds differ, and clips/s. Exit status 1 when a file's probabilities
@@ -28,11 +28,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def dev_clips(ckpt: dict, source: str):
+def dev_clips(ckpt):
     """(uint8 features, lengths) of the dev split in the order predict_split serves it."""
-    from aer.checkpoint import datamodule_from_checkpoint
-
-    dm = datamodule_from_checkpoint(ckpt, split="val", source=source)
+    dm = ckpt.datamodule("val")
     dm.setup("test")
     batches = list(dm.test_dataloader())
     feats = np.concatenate([b["features"].numpy() for b in batches])  # the release's uint8, as served
@@ -61,14 +59,14 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from aer.checkpoint import decision_thresholds, load_checkpoint, tagger_from_checkpoint
-    from aer.export import CHECK_ATOL, load_runner, release_model, run
-    from conftest import compose_cfg
+    from aer.checkpoint import Checkpoint
+    from aer.export import CHECK_ATOL, load_runner, run
+    from conftest import config
 
-    ckpt = load_checkpoint(args.ckpt)
-    thr, thr_source = decision_thresholds(ckpt, None, args.ckpt)
-    model = release_model(tagger_from_checkpoint(ckpt, args.ckpt))
-    feats, lengths = dev_clips(ckpt, args.ckpt)
+    ckpt = Checkpoint.load(args.ckpt)
+    thr, thr_source = ckpt.decision_thresholds(None)
+    model = ckpt.tagger().probabilities().eval()
+    feats, lengths = dev_clips(ckpt)
 
     def pytorch(f, n):
         with torch.inference_mode():
@@ -79,7 +77,7 @@ def main() -> int:
         runners = {"pytorch": pytorch}
         for fmt in ("onnx", "torchscript"):
             out = Path(tmp) / f"model.{fmt}"
-            run(compose_cfg("export", [f"ckpt={args.ckpt}", f"format={fmt}", f"out={out}", f"paths.output_dir={tmp}"]))
+            run(config("export", [f"ckpt={args.ckpt}", f"format={fmt}", f"out={out}", f"paths.output_dir={tmp}"]))
             runners[fmt] = load_runner(out, fmt, args.threads)
         ref = None
         for name, fn in runners.items():

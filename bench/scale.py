@@ -117,7 +117,7 @@ def cmd_convert(root: str) -> dict:
 def cmd_train(root: str, batches: int, split: str) -> dict:
     from hydra import compose, initialize_config_dir
 
-    import aer.config  # noqa: F401 — resolvers
+    from aer.config import build
     from aer.data.datamodule import AudioSetDataModule
     from aer.train import run
 
@@ -141,9 +141,9 @@ def cmd_train(root: str, batches: int, split: str) -> dict:
                 "model=fc", "trainer.accelerator=cpu", "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
                 "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
                 "+trainer.enable_model_summary=false",
-                "~logger", "callbacks.lr_monitor=null", f"paths.output_dir={out}"])
+                "~logger", f"paths.output_dir={out}"])
         t0 = time.perf_counter()
-        result = run(cfg)
+        result = run(build("train", cfg))
     return {**held, "rss_start_mb": rss0, "seconds": time.perf_counter() - t0, "rss_mb": peak_mb(),
             "train_clips_per_s": result["train/clips_per_s"], "trained_clips": batches * 500,
             "status": result["status"]}

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import aer.config  # noqa: F401 — registers the config schema and resolvers
 
@@ -70,6 +70,13 @@ def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def config(name: str, overrides: list[str]):
+    """The settings object the command `name` runs on (aer.config.build of its composed config)."""
+    from aer.config import build
+
+    return build(name, compose_cfg(name, overrides))
+
+
 def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs a root script as a user would, in a subprocess (the Hydra CLI path included)."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
@@ -83,10 +90,7 @@ def trained_run(demo_root, tmp_path_factory) -> Path:
     from aer.train import run
 
     out = tmp_path_factory.mktemp("trained")
-    cfg = compose_cfg("train", train_overrides(demo_root, out))
-    with open_dict(cfg):
-        cfg.callbacks.lr_monitor = None
-    run(cfg)
+    run(config("train", train_overrides(demo_root, out)))
     return out
 
 
@@ -97,7 +101,7 @@ def thresholded_ckpt(trained_run, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("thresholded")
     ckpt = out / "best.ckpt"
-    run(compose_cfg("thresholds", [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"out={ckpt}",
+    run(config("thresholds", [f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"out={ckpt}",
                                    f"paths.output_dir={out}"]))
     return ckpt
 

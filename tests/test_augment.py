@@ -65,7 +65,7 @@ def test_feature_noise_touches_the_real_frames_only():
 
 
 def test_the_settings_are_checked():
-    with pytest.raises(ValueError, match="augment.frame_dropout=1.0: expected a probability below 1"):
+    with pytest.raises(ValueError, match="augment.frame_dropout=1.0: expected a number at least 0 and below 1"):
         AugmentSettings(frame_dropout=1.0)
     with pytest.raises(ValueError, match="augment.feature_noise"):
         AugmentSettings(feature_noise=-0.1)
@@ -92,12 +92,12 @@ def test_training_augments_and_validation_does_not():
              "lengths": torch.full((8,), 10), "y": torch.zeros(8, 527)}
     tagger.eval()  # no BatchNorm batch statistics or dropout: only the augmentation differs between calls
     torch.manual_seed(0)
-    a = tagger._loss(batch, log_to="loggers")
-    b = tagger._loss(batch, log_to="loggers")
+    a = tagger._loss(batch)
+    b = tagger._loss(batch)
     assert a != b  # each call draws its own frames and noise
     plain = Tagger(model="attention", init="xavier", model_kwargs={"hidden": 16, "dropout": 0.0})
     plain.load_state_dict(tagger.state_dict())
     plain.eval()
-    assert plain._loss(batch, log_to="loggers") == plain._loss(batch, log_to="loggers")
+    assert plain._loss(batch) == plain._loss(batch)
     logits = tagger(Tagger.scale(batch["features"], batch["lengths"]), batch["lengths"])
     assert torch.equal(logits, plain(Tagger.scale(batch["features"], batch["lengths"]), batch["lengths"]))

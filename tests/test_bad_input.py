@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aer.data.__main__ import main
+from aer.cli import data as main
 from aer.data.convert import convert, partial_path
 from aer.data.proto import SequenceExample
 from aer.data.records import Clip, serialize_clip

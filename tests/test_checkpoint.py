@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from aer.checkpoint import CheckpointError, datamodule_from_checkpoint, load_checkpoint, load_tagger
+from aer.checkpoint import Checkpoint, CheckpointError
 from aer.inference import predict_split
 from aer.module import Tagger
 
@@ -34,14 +34,14 @@ class Payload:
 
 def _error(path) -> str:
     with pytest.raises(CheckpointError) as info:
-        load_tagger(path)
+        Checkpoint.load(path).tagger()
     msg = str(info.value)
     assert str(path) in msg and "\n" not in msg, msg
     return msg
 
 
 def test_load_tagger_matches_lightning_loader(best, trained_run):
-    model = load_tagger(best)
+    model = Checkpoint.load(best).tagger()
     assert isinstance(model, Tagger) and not model.training and model.hparams.model == "fc"
     ref = Tagger.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
     x, lengths = torch.rand(4, 10, 128), torch.tensor([10, 3, 1, 10])
@@ -87,7 +87,7 @@ def test_pickled_code_is_refused_not_run(tmp_path, how):
 
 
 def test_weights_that_do_not_fit_the_hparams(best, tmp_path):
-    ckpt = load_checkpoint(best)
+    ckpt = Checkpoint.load(best).content
     ckpt["hyper_parameters"]["model_kwargs"] = {"hidden": [7]}
     wrong = tmp_path / "wrong.ckpt"
     torch.save(ckpt, wrong)
@@ -95,43 +95,41 @@ def test_weights_that_do_not_fit_the_hparams(best, tmp_path):
 
 
 def test_checkpoint_of_the_old_hparam_names_is_named_and_refused(best, tmp_path):
-    ckpt = load_checkpoint(best)
+    ckpt = Checkpoint.load(best).content
     ckpt["hyper_parameters"]["net"] = ckpt["hyper_parameters"].pop("model")
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     with pytest.raises(CheckpointError, match=r"old.ckpt: not an aer checkpoint.*named it 'net': retrain"):
-        load_checkpoint(old)
+        Checkpoint.load(old)
 
 
 def test_omegaconf_containers_in_a_checkpoint_are_refused(best, tmp_path):
     # hparams are plain values (train.py instantiates with _convert_="all"): nothing of omegaconf is unpickled
-    ckpt = load_checkpoint(best)
+    ckpt = Checkpoint.load(best).content
     ckpt["datamodule_hyper_parameters"]["demo"] = OmegaConf.create(ckpt["datamodule_hyper_parameters"]["demo"])
     odd = tmp_path / "odd.ckpt"
     torch.save(ckpt, odd)
     with pytest.raises(CheckpointError, match="odd.ckpt: refused to load: it would import omegaconf"):
-        load_checkpoint(odd)
+        Checkpoint.load(odd)
 
 
 def test_datamodule_from_checkpoint(best, demo_root):
-    dm = datamodule_from_checkpoint(best, {}, "eval")
+    dm = Checkpoint.load(best).datamodule("eval", {})
     assert dm.mode == "final" and str(dm.root) == str(demo_root) and dm.num_workers == 0
-    dm = datamodule_from_checkpoint(best, {"eval_batch_size": 7, "batch_size": None, "mode": "final"}, "val")
+    dm = Checkpoint.load(best).datamodule("val", {"eval_batch_size": 7, "batch_size": None, "mode": "final"})
     assert dm.mode == "dev" and dm.eval_batch_size == 7 and dm.batch_size == 100
-    with pytest.raises(ValueError, match="split='test'"):
-        datamodule_from_checkpoint(best, {}, "test")
     with pytest.raises(ValueError, match="data.colour"):
-        datamodule_from_checkpoint(best, {"colour": "red"}, "eval")
-    ckpt = load_checkpoint(best)
-    del ckpt["datamodule_hyper_parameters"]
-    with pytest.raises(CheckpointError, match="data.root"):
-        datamodule_from_checkpoint(ckpt, {}, "eval", source="x.ckpt")
-    assert datamodule_from_checkpoint(ckpt, {"root": str(demo_root)}, "eval").root == demo_root
+        Checkpoint.load(best).datamodule("eval", {"colour": "red"})
+    ckpt = Checkpoint.load(best)
+    del ckpt.content["datamodule_hyper_parameters"]
+    with pytest.raises(CheckpointError, match="best.ckpt: holds no data settings .* data.root"):
+        ckpt.datamodule("eval", {})
+    assert ckpt.datamodule("eval", {"root": str(demo_root)}).root == demo_root
 
 
 def test_predict_split_serves_the_split_in_order(best):
-    model = load_tagger(best).train()
-    dm = datamodule_from_checkpoint(best, {"eval_batch_size": 64}, "eval")
+    model = Checkpoint.load(best).tagger().train()
+    dm = Checkpoint.load(best).datamodule("eval", {"eval_batch_size": 64})
     probs, labels, vids = predict_split(model, dm)
     assert model.training, "predict_split must restore the model's mode"
     assert probs.dtype == np.float32 and probs.shape == (300, 527)
@@ -139,7 +137,7 @@ def test_predict_split_serves_the_split_in_order(best):
     info = dm.split_info("test")
     assert np.array_equal(vids, info["video_id"]) and np.array_equal(labels, info["labels"])
     # one big batch gives the same numbers as batches of 64
-    one = datamodule_from_checkpoint(best, {"eval_batch_size": 4096}, "eval")
+    one = Checkpoint.load(best).datamodule("eval", {"eval_batch_size": 4096})
     np.testing.assert_allclose(predict_split(model, one)[0], probs, atol=1e-6)
 
 

@@ -20,18 +20,17 @@ from conftest import TINY, compose_cfg, run_script
 
 # The tiny demo set: 600 clips, 300 eval clips; 100 clips per rank and training batch.
 DDP_ARGS = ("trainer=ddp_cpu", "data.convert_workers=1", f"data.demo.clips={TINY}", "data.demo.eval_clips=300",
-            "data.batch_size=100", "trainer.enable_progress_bar=false",
-            "callbacks.lr_monitor=null", "trainer.log_every_n_steps=1")
+            "data.batch_size=100", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1")
 
 
 def _single_process_scores(ckpt: Path, split: str) -> tuple[dict, int]:
     """What `python evaluate.py ckpt=... split=...` computes, in this process."""
-    from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, tagger_from_checkpoint
+    from aer.checkpoint import Checkpoint
     from aer.inference import predict_split
     from aer.metrics import summarize
 
-    c = load_checkpoint(ckpt)
-    probs, labels, _ = predict_split(tagger_from_checkpoint(c), datamodule_from_checkpoint(c, {}, split))
+    c = Checkpoint.load(ckpt)
+    probs, labels, _ = predict_split(c.tagger(), c.datamodule(split))
     return summarize(torch.from_numpy(probs), torch.from_numpy(labels)), len(probs)
 
 

@@ -49,7 +49,7 @@ def test_layout_and_class_table(cli_demo):
     assert len({r[1] for r in rows[1:]}) == 527 and all(r[2] for r in rows[1:])
     assert json.loads((cli_demo / "demo.json").read_text())["seed"] == 7
     # the ontology holds the table's classes: each kind's under its top-level category, 16 families below
-    from aer.ontology import class_ancestors, read_ontology, top_level_classes
+    from aer.data.ontology import class_ancestors, read_ontology, top_level_classes
 
     mids = [r[1] for r in rows[1:]]
     entries = read_ontology(cli_demo / "ontology.json")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from aer.cli import data as data_main
 from aer.data import download as dl
 from aer.data import release
-from aer.data.__main__ import main as data_main
 from aer.data.extract import extract
 
 _RNG = random.Random(0)

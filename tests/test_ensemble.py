@@ -11,13 +11,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
 
 import aer.ensemble as ens
-from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, load_tagger
+from aer.checkpoint import Checkpoint
 from aer.inference import predict_split
 from aer.metrics import summarize
-from conftest import compose_cfg, run_script, train_overrides
+from aer.runs import sweep_checkpoints
+from conftest import config, run_script, train_overrides
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +31,8 @@ def lstm_run(demo_root, tmp_path_factory) -> Path:
     from aer.train import run
 
     out = tmp_path_factory.mktemp("lstm")
-    cfg = compose_cfg("train", train_overrides(demo_root, out, "model=skiplstm", "model.hidden=16",
-                                               "model.layers=1", "trainer.max_epochs=1"))
-    with open_dict(cfg):
-        cfg.callbacks.lr_monitor = None
-    run(cfg)
+    run(config("train", train_overrides(demo_root, out, "model=skiplstm", "model.hidden=16", "model.layers=1",
+                                        "trainer.max_epochs=1")))
     return out
 
 
@@ -45,11 +42,12 @@ def lstm_ckpt(lstm_run) -> Path:
 
 
 def _probs(ckpt: Path, split: str = "eval") -> np.ndarray:
-    return predict_split(load_tagger(ckpt), datamodule_from_checkpoint(ckpt, {}, split))[0]
+    c = Checkpoint.load(ckpt)
+    return predict_split(c.tagger(), c.datamodule(split))[0]
 
 
 def _ensemble(tmp_path: Path, *overrides: str) -> tuple[dict, dict, np.ndarray]:
-    m = ens.run(compose_cfg("ensemble", [*overrides, f"paths.output_dir={tmp_path}"]))
+    m = ens.run(config("ensemble", [*overrides, f"paths.output_dir={tmp_path}"]))
     with h5py.File(tmp_path / "predictions.h5") as f:
         probs = f["probs"][()]
     return m, json.loads((tmp_path / "ensemble.json").read_text()), probs
@@ -66,7 +64,7 @@ def test_two_identical_members_equal_the_single_model(fc_ckpt, tmp_path):
     single = _probs(fc_ckpt)
     assert np.array_equal(probs, single)
     s = summarize(torch.from_numpy(single), torch.from_numpy(predict_split(
-        load_tagger(fc_ckpt), datamodule_from_checkpoint(fc_ckpt, {}, "eval"))[1]))
+        Checkpoint.load(fc_ckpt).tagger(), Checkpoint.load(fc_ckpt).datamodule("eval", {}))[1]))
     assert m["test/mAP"] == s["mAP"] and m["test/mAUC"] == s["mAUC"]
     assert info["weights"] == [0.5, 0.5] and [x["scores"]["mAP"] for x in info["members"]] == [s["mAP"]] * 2
 
@@ -158,20 +156,20 @@ def test_sweep_discovery(trained_run, fc_ckpt, lstm_ckpt, tmp_path):
     (sweep / "5" / "checkpoints").mkdir()
     shutil.copy(fc_ckpt, sweep / "5" / "checkpoints" / "last.ckpt")
     (sweep / "notes").mkdir()  # not a run
-    found = ens.sweep_checkpoints(sweep)
+    found = sweep_checkpoints(sweep)
     assert found == [fc_ckpt.resolve(), (jobs["2"] / "checkpoints" / "last.ckpt").resolve(),
                      (jobs["10"] / "checkpoints" / "final.ckpt").resolve()]
 
     m, info, _ = _ensemble(tmp_path / "out", f"sweep={sweep}", f"ckpts={_list(fc_ckpt)}")
     assert [x["model"] for x in info["members"]] == ["fc", "fc", "skiplstm", "fc"]
     with pytest.raises(FileNotFoundError, match="no finished job"):
-        ens.sweep_checkpoints(jobs["1"])
+        sweep_checkpoints(jobs["1"])
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        ens.sweep_checkpoints(tmp_path / "nope")
+        sweep_checkpoints(tmp_path / "nope")
 
 
 def test_members_must_agree_on_the_data(fc_ckpt, lstm_ckpt, demo_root, tmp_path):
-    ckpt = load_checkpoint(lstm_ckpt)
+    ckpt = Checkpoint.load(lstm_ckpt).content
     ckpt["datamodule_hyper_parameters"]["split_seed"] = 7
     ckpt["datamodule_hyper_parameters"]["root"] = str(tmp_path / "other")
     other = tmp_path / "other.ckpt"
@@ -193,4 +191,4 @@ def test_members_must_agree_on_the_data(fc_ckpt, lstm_ckpt, demo_root, tmp_path)
 ])
 def test_config_errors(tmp_path, overrides, needle):
     with pytest.raises(ValueError, match=needle):
-        ens.run(compose_cfg("ensemble", [*overrides, f"paths.output_dir={tmp_path}"]))
+        ens.run(config("ensemble", [*overrides, f"paths.output_dir={tmp_path}"]))

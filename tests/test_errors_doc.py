@@ -106,7 +106,7 @@ def _cases(tmp: Path, demo: Path, ckpt: Path) -> list[Case]:
         "data.batch_size=0", "model=transformerx", "model.hidden=-3", "model.foo=1", "init=glorot", "optim.lr=-1",
         "optim.scheduler=linear", "augment.mixup_alpha=-1", "augment.label_smoothing=2", "augment.frame_dropout=1",
         "optim.optimizer=sgd", "trainer.max_epochs=0",
-        "trainer.limit_train_batches=0", "trainer.gradient_clip_val=1", "seed=abc", "data.mode=[")]
+        "trainer.limit_train_batches=0", "trainer.gradient_clip_algorithm=max", "seed=abc", "data.mode=[")]
     cases += [Case("Config", "`swa.enabled=true ema.enabled=true`", [*train, "swa.enabled=true", "ema.enabled=true"],
                    "python train.py swa.enabled=true ema.enabled=true")]
     cases += [
@@ -139,8 +139,15 @@ def _cases(tmp: Path, demo: Path, ckpt: Path) -> list[Case]:
         Case("Checkpoints", "a malicious checkpoint to predict",
              [py, "-m", "aer.predict", f"ckpt={ckpts['malicious']}", f"input={demo / 'eval'}", f"out={tmp / 'p'}"],
              "python -m aer.predict ckpt=EVIL input=DIR"),
+        Case("Evaluation", "no checkpoint given", evaluate, "python evaluate.py"),
         Case("Evaluation", "an unknown split", [*evaluate, f"ckpt={ckpt}", "split=test"],
              "python evaluate.py ckpt=C split=test"),
+        Case("Evaluation", "an unknown export format", [py, "-m", "aer.export", f"ckpt={ckpt}", "format=tflite",
+                                                         f"hydra.run.dir={tmp / 'export'}"],
+             "python -m aer.export ckpt=C format=tflite"),
+        Case("Evaluation", "predict without an input", [py, "-m", "aer.predict", f"ckpt={ckpt}",
+                                                        f"hydra.run.dir={tmp / 'predict'}"],
+             "python -m aer.predict ckpt=C"),
         Case("Evaluation", "a full disk for the predictions", [*evaluate, f"ckpt={ckpt}", "split=val"],
              "python evaluate.py ckpt=C split=val  (disk full)", 60_000),
     ]

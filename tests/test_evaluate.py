@@ -15,8 +15,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aer.data.labels import read_class_labels
-from aer.evaluate import PER_CLASS_COLUMNS, run
-from conftest import compose_cfg, run_script
+from aer.evaluate import run
+from aer.scoring import PER_CLASS_COLUMNS
+from conftest import config, run_script
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def evaluated(trained_run, tmp_path_factory) -> Path:
     ckpt = os.path.relpath(trained_run / "checkpoints" / "best.ckpt", elsewhere)
     printed = io.StringIO()
     with contextlib.chdir(elsewhere), contextlib.redirect_stdout(printed):
-        run(compose_cfg("evaluate", [f"ckpt={ckpt}", f"paths.output_dir={out}"]))
+        run(config("evaluate", [f"ckpt={ckpt}", f"paths.output_dir={out}"]))
     (out / "stdout.txt").write_text(printed.getvalue())
     return out
 
@@ -109,9 +110,8 @@ def test_per_class_csv(evaluated, demo_root):
 
 
 def test_val_split_reproduces_the_training_runs_validation(trained_run, tmp_path):
-    cfg = compose_cfg("evaluate", [f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "split=val",
-                                   f"paths.output_dir={tmp_path}"])
-    m = run(cfg)
+    m = run(config("evaluate", [f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "split=val",
+                                f"paths.output_dir={tmp_path}"]))
     train = _metrics(trained_run)
     assert m["split"] == "val" and m["clips"] == 120  # the dev 20% of 600
     for key in ("mAP", "mAUC", "dprime", "classes_scored"):  # reported under the name training gave them
@@ -121,10 +121,7 @@ def test_val_split_reproduces_the_training_runs_validation(trained_run, tmp_path
 
 @pytest.mark.parametrize("extra", [[], ["data=demo"], ["data=audioset"]])
 def test_data_overrides_compose(trained_run, demo_root, tmp_path, extra):
-    cfg = compose_cfg("evaluate", ["ckpt=x.ckpt", *extra, f"data.root={demo_root}", f"paths.output_dir={tmp_path}"])
-    from aer.evaluate import data_overrides
-
-    over = data_overrides(cfg)
+    over = config("evaluate", ["ckpt=x.ckpt", *extra, f"data.root={demo_root}", f"paths.output_dir={tmp_path}"]).data
     assert over["root"] == str(demo_root)
     if not extra:
         assert over == {"root": str(demo_root)}, "unset data keys must not override the checkpoint's"
@@ -133,16 +130,14 @@ def test_data_overrides_compose(trained_run, demo_root, tmp_path, extra):
 
 
 def test_relative_data_root_is_taken_from_the_cwd(tmp_path, monkeypatch):
-    from aer.evaluate import data_overrides
-
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg("evaluate", ["ckpt=x.ckpt", "data.root=rel/data", f"paths.output_dir={tmp_path}"])
-    assert data_overrides(cfg)["root"] == str(tmp_path / "rel" / "data")
+    c = config("evaluate", ["ckpt=x.ckpt", "data.root=rel/data", f"paths.output_dir={tmp_path}"])
+    assert c.data["root"] == str(tmp_path / "rel" / "data")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
-    (["ckpt=x.ckpt", "split=foo"], "split='foo': expected eval"),
+    (["ckpt=x.ckpt", "split=foo"], "split='foo': expected one of eval, val"),
     ([], "ckpt is missing"),
 ])
 def test_config_errors_are_one_line(tmp_path, args, needle):
@@ -154,16 +149,16 @@ def test_config_errors_are_one_line(tmp_path, args, needle):
 
 
 def test_bad_checkpoint_is_reported_as_a_user_error(tmp_path, monkeypatch):
-    """CheckpointError is a ValueError: aer.entry.task prints it as one line, without a traceback."""
+    """CheckpointError is a ValueError: aer.cli prints it as one line, without a traceback."""
     from aer.checkpoint import CheckpointError
-    from aer.entry import USER_ERRORS
+    from aer.errors import is_user_error
 
-    assert issubclass(CheckpointError, USER_ERRORS)
+    assert is_user_error(CheckpointError("x"))
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match=f"{bad}: not a torch checkpoint"):
-        run(compose_cfg("evaluate", ["ckpt=bad.ckpt", f"paths.output_dir={tmp_path}"]))
+        run(config("evaluate", ["ckpt=bad.ckpt", f"paths.output_dir={tmp_path}"]))
 
 
 def _decisions_match_scikit_learn(m: dict, probs: np.ndarray, labels: np.ndarray, thr: np.ndarray) -> None:
@@ -188,11 +183,11 @@ def test_f1_precision_recall_at_0_5_without_stored_thresholds(evaluated):
 
 
 def test_f1_at_the_checkpoints_thresholds(thresholded_ckpt, tmp_path):
-    from aer.checkpoint import load_checkpoint, stored_thresholds
+    from aer.checkpoint import Checkpoint
 
-    m = run(compose_cfg("evaluate", [f"ckpt={thresholded_ckpt}", f"paths.output_dir={tmp_path}"]))
+    m = run(config("evaluate", [f"ckpt={thresholded_ckpt}", f"paths.output_dir={tmp_path}"]))
     assert m["split"] == "eval" and "rule=f1, chosen on split=val" in m["thresholds"]
-    thr = stored_thresholds(load_checkpoint(thresholded_ckpt))[0]
+    thr = Checkpoint.load(thresholded_ckpt).thresholds().values
     with h5py.File(tmp_path / "predictions.h5") as f:
         probs, labels = f["probs"][()], f["labels"][()]
     _decisions_match_scikit_learn(m, probs, labels, thr)

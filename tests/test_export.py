@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
 
-from aer.checkpoint import datamodule_from_checkpoint, load_checkpoint, load_tagger, stored_thresholds
+from aer.checkpoint import Checkpoint
 from aer.data.labels import read_class_labels
-from aer.export import CHECK_ATOL, check, load_runner, read_metadata, release_model, run
+from aer.export import CHECK_ATOL, check, load_runner, read_metadata, run
 from aer.inference import predict_split
 from aer.models import NETS, build_net
 from aer.predict import load_input
-from conftest import ROOT, compose_cfg, train_overrides
+from conftest import ROOT, config, train_overrides
 
 FORMATS = [pytest.param("onnx", marks=pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")),
@@ -49,11 +48,7 @@ class _TrainedOnDemand(dict):
         from aer.train import run as train
 
         run_dir = self.tmp.mktemp(name)
-        cfg = compose_cfg("train", train_overrides(self.demo_root, run_dir, "trainer.max_epochs=1",
-                                                   *NET_OVERRIDES[name]))
-        with open_dict(cfg):
-            cfg.callbacks.lr_monitor = None
-        train(cfg)
+        train(config("train", train_overrides(self.demo_root, run_dir, "trainer.max_epochs=1", *NET_OVERRIDES[name])))
         self[name] = run_dir / "checkpoints" / "last.ckpt"
         return self[name]
 
@@ -66,7 +61,7 @@ def checkpoints(trained_run, thresholded_ckpt, demo_root, tmp_path_factory) -> d
 
 
 def _export(ckpt: Path, fmt: str, out: Path) -> dict:
-    result = run(compose_cfg("export", [f"ckpt={ckpt}", f"format={fmt}", f"out={out}",
+    result = run(config("export", [f"ckpt={ckpt}", f"format={fmt}", f"out={out}",
                                         f"paths.output_dir={out.parent}"]))
     assert result["status"] == "ok" and Path(result["out"]) == out and result["max_abs_diff"] <= CHECK_ATOL
     assert not list(out.parent.glob("*.partial"))
@@ -80,10 +75,10 @@ def test_exported_model_gives_pytorchs_probabilities_on_the_eval_split(checkpoin
     ckpt = checkpoints[net]
     path = tmp_path / f"model.{fmt}"
     _export(ckpt, fmt, path)
-    state = load_checkpoint(ckpt)
+    state = Checkpoint.load(ckpt).content
     assert state["hyper_parameters"]["model"] == net
     # PyTorch's probabilities as evaluate.py computes them (x/255 in the data module)
-    want, _, video_ids = predict_split(load_tagger(ckpt), datamodule_from_checkpoint(state, split="eval"))
+    want, _, video_ids = predict_split(Checkpoint.load(ckpt).tagger(), Checkpoint.load(ckpt).datamodule("eval"))
     clips = load_input(demo_root / "eval")  # the release's uint8 features, zero-padded
     assert list(clips["video_id"]) == list(video_ids)
     lengths = clips["lengths"]
@@ -113,7 +108,8 @@ def test_metadata_carries_classes_scaling_and_thresholds(checkpoints, demo_root,
     assert meta["aer.input"]["features"] == {**meta["aer.input"]["features"], "dtype": "uint8",
                                              "shape": ["batch", 10, 128]}
     assert meta["aer.input"]["scaling"].startswith("x = features / 255")
-    thr, info = stored_thresholds(load_checkpoint(checkpoints["fc"]))
+    stored = Checkpoint.load(checkpoints["fc"]).thresholds()
+    thr, info = stored.values, stored.info
     got = np.array([np.inf if t is None else t for t in meta["aer.thresholds"]["values"]], dtype=np.float32)
     np.testing.assert_array_equal(got, thr)
     assert meta["aer.thresholds"]["split"] == "val" and meta["aer.thresholds"]["rule"] == info["rule"]
@@ -125,7 +121,7 @@ def test_standardisation_is_in_the_graph(checkpoints, tmp_path):
     path = tmp_path / "model.torchscript"
     _export(checkpoints["skiplstm"], "torchscript", path)
     assert "(x - mean) / std" in read_metadata(path)["aer.input"]["scaling"]
-    model = load_tagger(checkpoints["skiplstm"])
+    model = Checkpoint.load(checkpoints["skiplstm"]).tagger()
     assert model.hparams.normalize == "standardize" and not torch.all(model.input_std == 1)
 
 
@@ -134,7 +130,7 @@ def test_standardisation_is_in_the_graph(checkpoints, tmp_path):
 def test_check_refuses_a_file_that_is_not_the_model(checkpoints, tmp_path, fmt):
     path = tmp_path / f"model.{fmt}"
     _export(checkpoints["attention"], fmt, path)
-    other = release_model(load_tagger(checkpoints["multiattention"]))
+    other = Checkpoint.load(checkpoints["multiattention"]).tagger().probabilities()
     with pytest.raises(RuntimeError, match="differ from PyTorch's"):
         check(path, fmt, other, 10, 128)
 
@@ -166,7 +162,7 @@ def test_cli_writes_beside_the_checkpoint_and_fails_in_one_line(checkpoints, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "best.torchscript.pt").is_file() and f"wrote {tmp_path / 'best.torchscript.pt'}" in proc.stdout
     for args, needle in ((["format=tflite"], "format='tflite': expected one of onnx, torchscript"),
-                         ([], "ckpt is not set")):
+                         ([], "ckpt is missing")):
         proc = _export_cli(*([f"ckpt={ckpt}"] if args else []), *args, f"hydra.run.dir={tmp_path / 'bad'}")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and needle in proc.stderr, proc.stderr

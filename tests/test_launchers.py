@@ -21,7 +21,7 @@ MISSING = "the Hydra launcher plugins are not installed: pip install -e '.[scale
 
 # one short epoch per job, no TensorBoard or LR monitor: the launchers are under test, not training
 JOB_ARGS = ("data.convert_workers=1", f"data.demo.clips={TINY}", "data.demo.eval_clips=300", "data.batch_size=100",
-            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~logger", "callbacks.lr_monitor=null")
+            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~logger")
 
 
 def _compose_with_hydra(overrides: list[str]):

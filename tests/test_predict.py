@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from aer.checkpoint import load_tagger
+from aer.checkpoint import Checkpoint
 from aer.data.convert import convert
 from aer.predict import CSV_COLUMNS, LABELS_COLUMNS, load_input, run
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, config
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def ckpt(trained_run) -> Path:
 
 
 def _predict(ckpt: Path, input: Path, out: Path, *extra: str) -> tuple[list[dict], list[dict]]:
-    result = run(compose_cfg("predict", [f"ckpt={ckpt}", f"input={input}", f"out={out}", *extra]))
+    result = run(config("predict", [f"ckpt={ckpt}", f"input={input}", f"out={out}", *extra]))
     assert result["status"] == "ok"
     with open(out / "predictions.csv", newline="") as f:
         reader = csv.DictReader(f)
@@ -38,7 +38,8 @@ def _predict(ckpt: Path, input: Path, out: Path, *extra: str) -> tuple[list[dict
 def _model_probs(ckpt: Path, input: Path) -> tuple[np.ndarray, dict]:
     clips = load_input(input)
     with torch.inference_mode():
-        probs = load_tagger(ckpt).predict_proba(torch.from_numpy(clips["features"]), torch.from_numpy(clips["lengths"]))
+        probs = Checkpoint.load(ckpt).tagger().predict_proba(torch.from_numpy(clips["features"]),
+                                                             torch.from_numpy(clips["lengths"]))
     return probs.numpy(), clips
 
 
@@ -95,7 +96,7 @@ def test_labels_option_and_index_fallback(ckpt, demo_root, tmp_path, caplog):
     rows, _ = _predict(ckpt, demo_root / "eval", tmp_path / "a", "top_k=2", f"labels={custom}")
     assert rows[0]["name"] == f"Sound, no. {rows[0]['index']}"
 
-    # a checkpoint whose data root is gone, on shards with no labels file anywhere near
+    # a checkpoint whose data root is gone, on shards with no labels file anywhere near: its own names
     moved = tmp_path / "moved.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     state["datamodule_hyper_parameters"]["root"] = str(tmp_path / "gone")
@@ -104,12 +105,18 @@ def test_labels_option_and_index_fallback(ckpt, demo_root, tmp_path, caplog):
     shards.mkdir(parents=True)
     for p in sorted((demo_root / "eval").glob("*.tfrecord"))[:3]:
         (shards / p.name).write_bytes(p.read_bytes())
-    with caplog.at_level(logging.WARNING):
-        rows, entries = _predict(moved, shards, tmp_path / "b", "top_k=2")
-    assert "class_labels_indices.csv" in caplog.text
-    assert rows[0]["name"] == f"class {rows[0]['index']}" and rows[0]["mid"] == ""
+    rows, entries = _predict(moved, shards, tmp_path / "b", "top_k=2")
+    i = int(rows[0]["index"])
+    assert rows[0]["name"] == f"Demo {'transient' if i % 4 == 3 else 'stationary'} {i}"
     probs, clips = _model_probs(ckpt, shards)
     _check(rows, entries, probs, clips, 2, None)
+    # an older checkpoint, without the classes' names: named by index, with a warning
+    del state["aer_classes"]
+    torch.save(state, moved)
+    with caplog.at_level(logging.WARNING):
+        rows, entries = _predict(moved, shards, tmp_path / "c", "top_k=2")
+    assert "class_labels_indices.csv" in caplog.text
+    assert rows[0]["name"] == f"class {rows[0]['index']}" and rows[0]["mid"] == ""
 
 
 @pytest.mark.parametrize("override,error", [
@@ -118,9 +125,8 @@ def test_labels_option_and_index_fallback(ckpt, demo_root, tmp_path, caplog):
     ("input=/nonexistent/eval", "input=/nonexistent/eval: no such file or directory"),
 ])
 def test_mistakes_are_named(ckpt, demo_root, tmp_path, override, error):
-    cfg = compose_cfg("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}", override])
     with pytest.raises((ValueError, FileNotFoundError), match=error):
-        run(cfg)
+        run(config("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}", override]))
     assert not (tmp_path / "predictions.csv").exists()
 
 
@@ -144,7 +150,7 @@ def test_cli_writes_into_a_hydra_run_dir_and_fails_clearly(ckpt, demo_root, tmp_
     proc = _predict_cli(f"ckpt={missing}", f"input={demo_root / 'eval'}",
                       f"hydra.run.dir={tmp_path / 'failed'}")
     assert proc.returncode == 1
-    assert f"error: ckpt={missing}: no such checkpoint file" in proc.stderr
+    assert f"error: {missing}: no such checkpoint file" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -156,12 +162,12 @@ def _labels_csv(out: Path) -> list[dict]:
 
 
 def test_labels_above_the_checkpoints_thresholds(thresholded_ckpt, demo_root, tmp_path):
-    from aer.checkpoint import load_checkpoint, stored_thresholds
+    from aer.checkpoint import Checkpoint
 
-    result = run(compose_cfg("predict", [f"ckpt={thresholded_ckpt}", f"input={demo_root / 'eval'}",
+    result = run(config("predict", [f"ckpt={thresholded_ckpt}", f"input={demo_root / 'eval'}",
                                          f"out={tmp_path}", "top_k=3", "batch_size=64"]))
     assert "rule=f1, chosen on split=val" in result["thresholds"]
-    thr = stored_thresholds(load_checkpoint(thresholded_ckpt))[0]
+    thr = Checkpoint.load(thresholded_ckpt).thresholds().values
     probs, clips = _model_probs(thresholded_ckpt, demo_root / "eval")
     entries = json.loads((tmp_path / "predictions.json").read_text())
     rows = _labels_csv(tmp_path)
@@ -180,12 +186,12 @@ def test_labels_above_the_checkpoints_thresholds(thresholded_ckpt, demo_root, tm
 
 
 def test_one_threshold_for_every_class(ckpt, demo_root, tmp_path):
-    result = run(compose_cfg("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}",
+    result = run(config("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}",
                                          "threshold=0.3"]))
     assert result["thresholds"] == "0.3 for every class (threshold=)"
     probs, _ = _model_probs(ckpt, demo_root / "eval")
     rows = _labels_csv(tmp_path)
     assert len(rows) == (probs >= np.float32(0.3)).sum() > 0
-    with pytest.raises(ValueError, match="threshold=2.0: expected a probability"):
-        run(compose_cfg("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}",
+    with pytest.raises(ValueError, match="threshold=2.0: expected a number between 0 and 1 or null"):
+        run(config("predict", [f"ckpt={ckpt}", f"input={demo_root / 'eval'}", f"out={tmp_path}",
                                     "threshold=2.0"]))

@@ -20,7 +20,7 @@ import pytest
 from aer.data.convert import CacheError, convert, load_split
 from aer.data.datamodule import AudioSetDataModule
 from aer.data.demo import MARKER, ensure_demo, generate
-from aer.utils import file_lock
+from aer.files import file_lock
 from conftest import ROOT, SHARED, TINY, disk_full_after, run_script, train_overrides
 
 
@@ -174,7 +174,7 @@ def test_training_killed_during_conversion_reruns(big_split, tmp_path):
 def test_a_held_lock_is_waited_for_naming_its_pid(demo_root, tmp_path):
     out = tmp_path / "bal_train.h5"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from aer.utils import file_lock\n"
+        [sys.executable, "-c", "import sys, time; from aer.files import file_lock\n"
          f"with file_lock({str(tmp_path / '.bal_train.h5.lock')!r}, 'test'):\n"
          "    print('held', flush=True); time.sleep(3)"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert holder.stdout.readline().strip() == "held"
@@ -189,7 +189,7 @@ def test_a_held_lock_is_waited_for_naming_its_pid(demo_root, tmp_path):
 @pytest.mark.slow
 def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
     lock = tmp_path / ".x.lock"
-    p = subprocess.Popen([sys.executable, "-c", "import time; from aer.utils import file_lock\n"
+    p = subprocess.Popen([sys.executable, "-c", "import time; from aer.files import file_lock\n"
                           f"with file_lock({str(lock)!r}, 'test'):\n    print('held', flush=True); time.sleep(60)"],
                          stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert p.stdout.readline().strip() == "held"
@@ -353,7 +353,7 @@ def test_resuming_onto_another_split_is_refused(demo_root, trained_run, tmp_path
 # ---- stale temporary files
 def test_stale_checkpoint_partials_are_removed_live_ones_kept(demo_root, tmp_path):
     from aer.train import run
-    from conftest import compose_cfg
+    from conftest import config
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
@@ -363,8 +363,7 @@ def test_stale_checkpoint_partials_are_removed_live_ones_kept(demo_root, tmp_pat
     live = ckpts / f".last.ckpt.{os.getpid()}.def456.partial"
     stale.write_bytes(b"half")
     live.write_bytes(b"being written")
-    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, "trainer.max_epochs=1"))
-    run(cfg)
+    run(config("train", train_overrides(demo_root, tmp_path, "trainer.max_epochs=1")))
     assert not stale.exists() and live.exists()
 
 
@@ -374,7 +373,7 @@ def test_report_and_metrics_into_a_full_disk_fail_in_one_line(trained_run, tmp_p
     r = _run_limited([sys.executable, "-m", "aer.report", str(trained_run), "--out", str(out)], 10_000)
     _one_line_error(r, "no space left", str(out))
     assert not list(out.glob("*.png")) and not list(out.rglob("*.partial"))
-    code = ("import sys\nfrom aer.utils import write_json\n"
+    code = ("import sys\nfrom aer.files import write_json\n"
             f"try:\n    write_json({str(tmp_path / 'metrics.json')!r}, {{'x': 'y' * 50_000}})\n"
             "except OSError as e:\n    print(f'error: {e}', file=sys.stderr); sys.exit(1)")
     _one_line_error(_run_limited([sys.executable, "-c", code], 10_000), str(tmp_path / "metrics.json"))

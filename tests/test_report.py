@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from aer.report import CURVES, Traced, main, make_report, traced_runs
+from aer.cli import report as main
+from aer.report import CURVES, Traced, make_report, traced_runs
 from aer.report.plots import plot_swept_key
 from aer.runs import Run, swept_keys
 from conftest import run_script, train_overrides

@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aer.runs import NO_METRICS, find_runs, is_run_dir, load_run, parse_override, parse_overrides, swept_keys
-from aer.sweep import collect, write_summary
+from aer.runs import (
+    NO_METRICS,
+    collect,
+    find_runs,
+    is_run_dir,
+    load_run,
+    parse_override,
+    parse_overrides,
+    swept_keys,
+    write_summary,
+)
 
 
 def _job(root: Path, name: str, overrides: list[str] | None, metrics: dict | str | None) -> Path:

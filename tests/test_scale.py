@@ -13,7 +13,7 @@ from aer.data.convert import load_split
 from aer.data.datamodule import AudioSetDataModule
 from aer.data.demo import generate
 from aer.data.sampler import BalancedBatchSampler
-from conftest import TINY, compose_cfg, train_overrides
+from conftest import TINY, config, train_overrides
 
 UNBAL = 400
 
@@ -81,9 +81,8 @@ def test_balanced_sampling_over_both_splits(unbal_root):
 def test_train_split_all_balanced_trains(unbal_root, tmp_path):
     from aer.train import run
 
-    cfg = compose_cfg("train", train_overrides(unbal_root, tmp_path, "data.train_split=all", "data.balanced=true",
-                                               "trainer.max_epochs=1", "callbacks.lr_monitor=null", "~logger"))
-    result = run(cfg)
+    result = run(config("train", train_overrides(unbal_root, tmp_path, "data.train_split=all", "data.balanced=true",
+                                                 "trainer.max_epochs=1", "~logger")))
     assert result["status"] == "ok" and 0 < result["val/mAP"] <= 1
     # 1000 clips, 800 of them for training, batches of 100
     assert result["global_step"] == 8

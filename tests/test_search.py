@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, ROOT, TINY, compose_cfg, run_script, train_overrides
+from conftest import CONF, ROOT, TINY, config, run_script, train_overrides
 
 optuna = pytest.importorskip("optuna", reason="Optuna is not installed: pip install -e '.[track]' (or '.[test]')")
 
@@ -24,8 +24,8 @@ EPOCHS = 8
 def _study_args(demo_root: Path, sweep: Path, n_trials: int, *extra: str) -> list[str]:
     """A small fc study on the tiny demo set, pruned from the first epoch on once one trial is complete."""
     return ["-m", "hparams_search=fc_optuna", f"data.root={demo_root}", f"data.demo.clips={TINY}",
-            "data.demo.eval_clips=300", "data.convert_workers=1", "trainer.enable_progress_bar=false",
-            "callbacks.lr_monitor=null", "~logger", f"trainer.max_epochs={EPOCHS}", "model.hidden=choice([16],[32])",
+            "data.demo.eval_clips=300", "data.convert_workers=1", "trainer.enable_progress_bar=false", "~logger",
+            f"trainer.max_epochs={EPOCHS}", "model.hidden=choice([16],[32])",
             "optim.lr=choice(0.003,0.000001)", "data.batch_size=choice(50)", f"hydra.sweep.dir={sweep}",
             f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.pruner.n_startup_trials=1",
             "hydra.sweeper.pruner.n_warmup_steps=0", *extra]
@@ -197,6 +197,6 @@ def test_pruning_callback_is_inert_outside_a_study(demo_root, tmp_path):
     """hparams_search's callback in a plain run (no -m): training is not touched."""
     from aer.train import run
 
-    result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, "+callbacks.optuna_pruning._target_="
+    result = run(config("train", train_overrides(demo_root, tmp_path, "+callbacks.optuna_pruning._target_="
                                                       "aer.search.OptunaPruning")))
     assert result["status"] == "ok" and result["epochs"] == 2

@@ -15,29 +15,37 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from aer.config import plain, sections, tagger_kwargs
+from aer.config import build
 from aer.launch import DDP_ENV, ddp_child_command, ddp_launch, job_state
-from aer.settings import INITS, MODELS, AugmentSettings, DataSettings, OptimSettings, SwaSettings, TrainSettings
-from conftest import CONF, compose_cfg
+from aer.settings import (
+    INITS,
+    MODELS,
+    AugmentSettings,
+    DataSettings,
+    DistillSettings,
+    OptimSettings,
+    SwaSettings,
+    TrainSettings,
+)
+from conftest import CONF, compose_cfg, config
+
+OUT = "paths.output_dir=/tmp/out"
 
 
 def test_composed_defaults_are_the_declared_ones():
-    cfg = compose_cfg("train", ["data=audioset", "data.root=/x"])
-    assert plain(cfg.optim) == OptimSettings().as_dict()
-    assert plain(cfg.augment) == AugmentSettings().as_dict() and plain(cfg.swa) == SwaSettings().as_dict()
-    from aer.settings import DistillSettings
-
-    assert plain(cfg.distill) == DistillSettings().as_dict() and not DistillSettings().enabled
+    c = config("train", ["data=audioset", "data.root=/x", OUT])
+    assert c.optim == OptimSettings() and c.augment == AugmentSettings() and c.swa == SwaSettings()
+    assert c.distill == DistillSettings() and not DistillSettings().enabled
     declared = DataSettings(root="/x").as_dict()
     chosen = ("seed", "convert_workers")  # what conf/data/audioset.yaml sets for train.py runs
-    assert {k: v for k, v in plain(cfg.data).items() if k not in chosen} == {k: v for k, v in declared.items()
+    assert {k: v for k, v in c.data.as_dict().items() if k not in chosen} == {k: v for k, v in declared.items()
                                                                               if k not in chosen}
-    assert cfg.data.seed == cfg.seed == TrainSettings().seed  # data.seed follows the run's seed
-    assert cfg.data.convert_workers == 2 and declared["convert_workers"] == 1
+    assert c.data.seed == c.seed == TrainSettings().seed  # data.seed follows the run's seed
+    assert c.data.convert_workers == 2 and declared["convert_workers"] == 1
     for name, settings in MODELS.items():
-        assert plain(compose_cfg("train", [f"model={name}"]).model) == settings().as_dict(), name
+        assert config("train", [f"model={name}", OUT]).model.settings == settings(), name
     for name, settings in INITS.items():
-        assert plain(compose_cfg("train", [f"init={name}"]).init) == settings().as_dict(), name
+        assert config("train", [f"init={name}", OUT]).init.settings == settings(), name
 
 
 @pytest.mark.parametrize("override, match", [
@@ -70,9 +78,9 @@ def test_wrong_types_and_unknown_keys_fail_when_composing(override, match):
     ("+data.batch_sise=5", "data.batch_sise: not a setting here"),  # appended past the schema: caught here
 ])
 def test_values_are_checked_by_the_declared_rules(override, message):
-    cfg = compose_cfg("train", override.split())
+    cfg = compose_cfg("train", [*override.split(), OUT])
     with pytest.raises(ValueError, match="^" + message.replace(".", r"\.").replace("[", r"\[")):
-        sections(cfg)
+        build("train", cfg)
 
 
 def test_the_objects_check_with_the_same_rules():
@@ -88,14 +96,12 @@ def test_the_objects_check_with_the_same_rules():
 
 
 def test_tagger_arguments_are_the_config_keys():
-    cfg = compose_cfg("train", ["model=skiplstm", "init=orthogonal", "data.normalize=standardize",
-                                "optim.lr=0.01", "augment.mixup_alpha=0.2"])
-    kw = tagger_kwargs(cfg)
-    assert (kw["model"], kw["init"], kw["normalize"]) == ("skiplstm", "orthogonal", "standardize")
-    assert kw["model_kwargs"] == MODELS["skiplstm"]().as_dict() and kw["optim"]["lr"] == 0.01
-    from aer.module import Tagger
+    from aer.train import tagger
 
-    hp = Tagger(**kw).hparams  # stored complete, nested as in the config
+    hp = tagger(config("train", ["model=skiplstm", "init=orthogonal", "data.normalize=standardize",
+                                 "optim.lr=0.01", "augment.mixup_alpha=0.2", OUT])).hparams
+    assert (hp["model"], hp["init"], hp["normalize"]) == ("skiplstm", "orthogonal", "standardize")
+    assert hp["model_kwargs"] == MODELS["skiplstm"]().as_dict()  # stored complete, nested as in the config
     assert hp["optim"] == OptimSettings(lr=0.01).as_dict() and hp["augment"]["mixup_alpha"] == 0.2
 
 
@@ -103,7 +109,7 @@ def test_tagger_arguments_are_the_config_keys():
 def test_scoring_configs_take_the_data_schema(name):
     cfg = compose_cfg(name, ["ckpt=x.ckpt", "data.batch_size=7"] if name != "ensemble" else ["data.batch_size=7"])
     fields = {f.name for f in dataclasses.fields(DataSettings)}
-    assert set(cfg.data) - {"_target_"} == fields
+    assert set(cfg.data) == fields
     assert cfg.data.batch_size == 7 and all(cfg.data[k] is None for k in fields - {"batch_size"})
     with pytest.raises(Exception, match="batch_sise"):
         compose_cfg(name, ["ckpt=x.ckpt", "data.batch_sise=7"] if name != "ensemble" else ["data.batch_sise=7"])
@@ -176,3 +182,133 @@ def test_a_later_job_starts_with_the_previous_jobs_cycles_collected():
             assert gone() is None  # collected before the next job's work
     finally:
         gc.enable()
+
+
+# ---- every rule in one place: aer.schema.check
+def _sections() -> list[type]:
+    """Every settings class a command builds (its nested sections included)."""
+    from aer import settings as s
+    from aer.schema import sections
+
+    roots = [s.TrainConfig, s.TrainerSettings, *s.MODELS.values(), *s.INITS.values(), s.EvaluateConfig,
+             s.EnsembleConfig, s.ThresholdsConfig, s.PredictConfig, s.ExportConfig, s.ConvertConfig, s.DemoConfig,
+             s.DownloadConfig, s.ReportConfig, s.CompareConfig, s.DataSettings]
+    return list(dict.fromkeys(c for r in roots for c in sections(r)))
+
+
+def _bad(hint):
+    """A value the setting's rule refuses, or None where it has none."""
+    from aer.schema import choices, has_rule, split_hint
+
+    if not has_rule(hint):
+        return None
+    bare, rng, _ = split_hint(hint)
+    if choices(hint):
+        return "bogus"
+    if bare is bool:
+        return "yes"
+    if bare is str:
+        return 3
+    if rng is None:
+        return "x"
+    if rng.lo is not None:
+        return rng.lo if rng.open_lo else rng.lo - 1
+    return rng.hi if rng.open_hi else rng.hi + 1
+
+
+def _valid_values(cls) -> dict:
+    """Values for the settings that have no default (a path, a folder)."""
+    import dataclasses
+
+    from omegaconf import MISSING
+
+    return {f.name: "x" for f in dataclasses.fields(cls) if f.default is MISSING
+            or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)}
+
+
+def _rules() -> list[tuple]:
+    import dataclasses
+
+    from aer.schema import hints
+
+    return [(cls, f.name, bad) for cls in _sections() for f in dataclasses.fields(cls)
+            if not f.metadata.get("internal") and (bad := _bad(hints(cls)[f.name])) is not None]
+
+
+def test_the_walk_covers_the_settings_users_type():
+    walked = {(c.__name__, name) for c, name, _ in _rules()}
+    assert {("DataSettings", "batch_size"), ("OptimSettings", "lr"), ("TrainerSettings", "max_epochs"),
+            ("EvaluateConfig", "split"), ("PredictConfig", "top_k"), ("ConvertConfig", "workers"),
+            ("FCSettings", "activation"), ("KaimingInit", "nonlinearity"), ("BootstrapSettings", "level")} <= walked
+    assert len(walked) > 80
+
+
+def test_every_rule_is_applied_in_one_place_only(monkeypatch):
+    """Each setting with a rule, given a bad value: its section refuses it in one line naming it, and the
+    refusal comes from aer.schema.check; with that one check switched off, nothing else refuses it (neither
+    the section, nor the data module or the Tagger built from it)."""
+    import traceback
+
+    import aer.module
+    import aer.schema
+    import aer.settings
+    from aer.data.datamodule import AudioSetDataModule
+    from aer.module import Tagger
+    from aer.settings import INITS, MODELS, AugmentSettings, DataSettings, OptimSettings
+
+    for cls, name, bad in _rules():
+        key = f"{cls.KEY}.{name}" if cls.KEY else name
+        with pytest.raises(ValueError) as refused:
+            cls.build({**_valid_values(cls), name: bad})
+        assert str(refused.value).startswith(f"{key}={bad!r}: expected "), (cls.__name__, str(refused.value))
+        where = traceback.extract_tb(refused.value.__traceback__)[-1]
+        assert where.filename.endswith("aer/schema.py") and where.name == "check", (key, where)
+
+    real = aer.schema.check
+    for module in (aer.schema, aer.settings, aer.module):
+        monkeypatch.setattr(module, "check", lambda *a: None)
+    for cls, name, bad in _rules():
+        try:
+            section = cls.build({**_valid_values(cls), name: bad})  # no second rule in the section's own code
+            if cls is DataSettings:
+                AudioSetDataModule(section)
+            elif cls in (*MODELS.values(), *INITS.values(), OptimSettings, AugmentSettings):
+                kind = {**{m: ("model", n) for n, m in MODELS.items()}, **{i: ("init", n) for n, i in INITS.items()}}
+                args = {"model": "fc", "init": "xavier"}
+                if cls in kind:
+                    what, option = kind[cls]
+                    args.update({what: option, f"{what}_kwargs": section})
+                else:
+                    args[cls.KEY] = section
+                Tagger(**args)
+        except Exception as e:  # noqa: BLE001 — where a bad value breaks something, it must not be a second rule
+            key = f"{cls.KEY}.{name}" if cls.KEY else name
+            assert not (isinstance(e, ValueError) and key in str(e)), f"a second rule for {key}: {e}"
+    monkeypatch.setattr(aer.schema, "check", real)
+
+
+def test_the_errors_doc_shows_what_the_one_rule_says():
+    """docs/errors.md's config lines for these settings are the messages aer.schema.check gives."""
+    import re
+
+    doc = (CONF.parent / "docs" / "errors.md").read_text()
+    rows = re.findall(r"^\| `([\w.]+)=([^`\s]+)` \| `python train.py [^`]+` \| `error: ([^`]+)` \|$", doc, re.M)
+    from aer.settings import INITS, MODELS, InitSection, ModelSection
+
+    defaults = (MODELS["fc"], INITS["xavier"])  # what `python train.py model.X=... init.X=...` builds
+    checked = 0
+    for key, text, message in rows:
+        for cls, name, _ in _rules():
+            if (f"{cls.KEY}.{name}" if cls.KEY else name) != key:
+                continue
+            if issubclass(cls, (ModelSection, InitSection)) and cls not in defaults:
+                continue
+            value = OmegaConf.create({"v": text}).v if not text.lstrip("-").replace(".", "").isdigit() else \
+                (float(text) if "." in text or key.endswith(("lr", "alpha", "smoothing", "dropout", "fraction"))
+                 else int(text))
+            with pytest.raises(ValueError) as refused:
+                cls.build({**_valid_values(cls), name: value})
+            if message.startswith(f"{key}="):  # (a wrong type fails when composing, in OmegaConf's words)
+                assert str(refused.value) == message, key
+                checked += 1
+    assert checked >= 5, rows

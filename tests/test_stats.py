@@ -15,7 +15,9 @@ import pytest
 import torch
 import yaml
 
-from aer.compare import band, compare_sweeps, group_jobs, main, metric_stats, sweep_runs
+from aer.cli import compare as main
+from aer.compare import band, compare_sweeps, group_jobs, metric_stats, sweep_runs
+from aer.data.ontology import category_scores, read_ontology, top_level_classes
 from aer.metrics import (
     bootstrap,
     bootstrap_ci,
@@ -25,8 +27,7 @@ from aer.metrics import (
     resample_counts,
     summarize,
 )
-from aer.ontology import category_scores, read_ontology, top_level_classes
-from conftest import ROOT, compose_cfg, run_script, train_overrides
+from conftest import ROOT, compose_cfg, config, run_script, train_overrides
 
 
 def _data(n: int, c: int, seed: int, ties: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,7 +300,7 @@ def test_compare_two_checkpoints(seed_sweep, tmp_path):
 def _predictions(d: Path, scores: torch.Tensor, labels: torch.Tensor, vids: list[str] | None = None,
                  per_class: bool = True) -> Path:
     """A predictions.h5 and per_class.csv as evaluate.py writes them, from given scores."""
-    from aer.evaluate import PER_CLASS_COLUMNS, write_predictions
+    from aer.scoring import PER_CLASS_COLUMNS, write_predictions
 
     d.mkdir(parents=True)
     vids = vids or [f"clip{i}" for i in range(len(labels))]
@@ -391,7 +392,7 @@ def test_evaluate_reports_intervals_training_positives_and_categories(trained_ru
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     for split in ("val", "eval"):
         out = tmp_path / split
-        m = run(compose_cfg("evaluate", [f"ckpt={ckpt}", f"split={split}", f"data.root={root}",
+        m = run(config("evaluate", [f"ckpt={ckpt}", f"split={split}", f"data.root={root}",
                                          "bootstrap.replicates=200", f"paths.output_dir={out}"]))
         with h5py.File(out / "predictions.h5") as f:
             probs, labels = torch.from_numpy(f["probs"][()]), torch.from_numpy(f["labels"][()])
@@ -411,7 +412,7 @@ def test_evaluate_reports_intervals_training_positives_and_categories(trained_ru
         expect = np.nanmean(ap[[0, 1, 2]]) if not np.isnan(ap[[0, 1, 2]]).all() else None
         if expect is not None:
             assert float(cats[0]["mAP"]) == pytest.approx(expect) == m[f"{pre}/category/Alpha/mAP"]
-    m = run(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=eval", "bootstrap.replicates=0",
+    m = run(config("evaluate", [f"ckpt={ckpt}", "split=eval", "bootstrap.replicates=0",
                                      f"paths.output_dir={tmp_path / 'plain'}"]))
     assert "test/mAP_ci_low" not in m
     cats = list(csv.DictReader(open(tmp_path / "plain" / "per_category.csv")))  # the demo set's own ontology
@@ -427,10 +428,7 @@ def test_bootstrap_types_are_checked_when_composing():
 @pytest.mark.parametrize("override,needle", [("bootstrap.replicates=-1", "bootstrap.replicates=-1"),
                                              ("bootstrap.level=1.5", "bootstrap.level=1.5")])
 def test_bootstrap_settings_are_checked(override, needle, tmp_path):
-    from aer.ensemble import check_config as check_ensemble
-    from aer.evaluate import check_config as check_evaluate
-
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
-        check_evaluate(compose_cfg("evaluate", ["ckpt=x.ckpt", override, f"paths.output_dir={tmp_path}"]))
+        config("evaluate", ["ckpt=x.ckpt", override, f"paths.output_dir={tmp_path}"])
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
-        check_ensemble(compose_cfg("ensemble", ["ckpts=[x.ckpt]", override, f"paths.output_dir={tmp_path}"]))
+        config("ensemble", ["ckpts=[x.ckpt]", override, f"paths.output_dir={tmp_path}"])

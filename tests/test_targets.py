@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from aer.checkpoint import load_checkpoint, load_tagger, save_checkpoint
+from aer.checkpoint import Checkpoint
+from aer.data.ontology import class_ancestors, read_ontology, root_ancestors
 from aer.module import Tagger, TeacherTargets
-from aer.ontology import class_ancestors, read_ontology, root_ancestors
 from aer.train import run
-from conftest import compose_cfg, train_overrides
+from conftest import config, train_overrides
 
 SMALL = ("model.hidden=[16]", "trainer.max_epochs=1")
 
@@ -75,9 +75,8 @@ def test_a_missing_ontology_is_named_before_any_work(demo_root, tmp_path):
         shutil.copytree(demo_root / split, release / split)
     overrides = [o for o in train_overrides(release, tmp_path / "run", "augment.ontology_targets=true")
                  if not o.startswith("data.demo.")]
-    cfg = compose_cfg("train", [*overrides, "data=audioset"])
     with pytest.raises(FileNotFoundError, match=f"{release}/ontology.json: no such file"):
-        run(cfg)
+        run(config("train", [*overrides, "data=audioset"]))
     assert not list(tmp_path.rglob("*.h5")), "converted data before reporting the missing file"
 
 
@@ -116,23 +115,23 @@ def test_validation_labels_are_never_propagated(demo_root, tmp_path):
     assert got[0] == got[1] and "val/mAP" in got[0]
     batch = next(iter(dm.train_dataloader()))
     with torch.no_grad():
-        assert plain._loss(batch, "loggers") != onto._loss(batch, "loggers")
+        assert plain._loss(batch) != onto._loss(batch)
 
 
 def test_training_with_new_targets_records_them_and_resumes(teacher, demo_root, tmp_path, caplog):
     out = tmp_path / "run"
     options = ["augment.ontology_targets=true", f"distill.ckpts=[{teacher}]", "model.hidden=[16]"]
-    first = run(compose_cfg("train", train_overrides(demo_root, out, *options, "trainer.max_epochs=1")))
+    first = run(config("train", train_overrides(demo_root, out, *options, "trainer.max_epochs=1")))
     assert first["status"] == "ok"
-    ckpt = load_checkpoint(first["last_ckpt"])
+    ckpt = Checkpoint.load(first["last_ckpt"]).content
     assert ckpt["hyper_parameters"]["augment"]["ontology_targets"] is True
     assert ckpt["hyper_parameters"]["distill"]["ckpts"] == [str(teacher)]
     assert not any("ancestors" in k or "teacher" in k for k in ckpt["state_dict"])  # handed over, never saved
-    model = load_tagger(first["last_ckpt"])  # inference needs no ontology and no teachers
+    model = Checkpoint.load(first["last_ckpt"]).tagger()  # inference needs no ontology and no teachers
     assert model.ancestors is None and model.predict_proba(torch.zeros(1, 10, 128, dtype=torch.uint8),
                                                            torch.tensor([10])).shape == (1, 527)
     caplog.set_level(logging.INFO, logger="aer.distill")
-    resumed = run(compose_cfg("train", train_overrides(demo_root, out, *options, "ckpt_path=last")))
+    resumed = run(config("train", train_overrides(demo_root, out, *options, "ckpt_path=last")))
     assert resumed["status"] == "ok" and resumed["epochs"] == 2 and "read from" in caplog.text
 
 
@@ -141,7 +140,7 @@ def test_training_with_new_targets_records_them_and_resumes(teacher, demo_root, 
 def teacher_sweep(demo_root, tmp_path_factory) -> Path:
     """A sweep dir holding one tiny teacher run (dev mode, the default split)."""
     sweep = tmp_path_factory.mktemp("teachers")
-    assert run(compose_cfg("train", train_overrides(demo_root, sweep / "0", *SMALL)))["status"] == "ok"
+    assert run(config("train", train_overrides(demo_root, sweep / "0", *SMALL)))["status"] == "ok"
     return sweep
 
 
@@ -151,7 +150,7 @@ def teacher(teacher_sweep) -> Path:
 
 
 def _student(demo_root: Path, out: Path, *extra: str) -> dict:
-    return run(compose_cfg("train", train_overrides(demo_root, out, f"data.cache_dir={out / 'cache'}",
+    return run(config("train", train_overrides(demo_root, out, f"data.cache_dir={out / 'cache'}",
                                                     *SMALL, *extra)))
 
 
@@ -181,7 +180,7 @@ def test_the_loss_is_the_blend_of_labels_and_teachers_also_under_mixup():
         logits = model(x, lengths)
         want = 0.7 * bce(logits, y) + 0.3 * bce(logits, p)
         torch.manual_seed(2)
-        got = model._loss(batch, "loggers")
+        got = model._loss(batch)
     assert float(got) == pytest.approx(float(want), rel=1e-6)
     assert perm.tolist() == [1, 0] and 0.2 < lam < 0.8  # the seed mixes the two clips: the mixing is tested
 
@@ -203,20 +202,20 @@ def test_teacher_probabilities_are_computed_once_then_read_back(teacher, demo_ro
                             cache_dir=str(tmp_path / "a" / "cache"))
     dm.prepare_data()
     dm.setup("fit")
-    model = load_tagger(teacher)
+    model = Checkpoint.load(teacher).tagger()
     want = torch.cat([next(iter_proba(model, [(b["features"], b["lengths"])])) for b in dm.split_batches("train")])
     with h5py.File(files[0]) as f:
         assert np.array_equal(f["rows"][()], dm.split_info("train")["rows"])
         np.testing.assert_allclose(f["probs"][()].astype(np.float32), want.numpy(), atol=1e-3)
         assert json.loads(f.attrs["teachers"])[0]["ckpt"] == str(teacher)
 
-    loaded, real = [], aer.checkpoint.load_checkpoint
+    loaded, real = [], aer.checkpoint.Checkpoint.load
 
     def recorded(path, *args, **kwargs):
         loaded.append(Path(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(aer.checkpoint, "load_checkpoint", recorded)
+    monkeypatch.setattr(aer.checkpoint.Checkpoint, "load", recorded)
     monkeypatch.setattr(aer.distill, "_predict", lambda *a: pytest.fail("the teachers were run again"))
     caplog.clear()
     shutil.copytree(tmp_path / "a" / "cache", tmp_path / "b" / "cache")
@@ -233,13 +232,13 @@ def test_teacher_probabilities_are_computed_once_then_read_back(teacher, demo_ro
     (None, "holds no data settings"),
 ])
 def test_a_teacher_that_saw_the_validation_clips_is_refused(teacher, demo_root, tmp_path, change, message):
-    ckpt = load_checkpoint(teacher)
+    ckpt = Checkpoint.load(teacher).content
     if change is None:
         del ckpt["datamodule_hyper_parameters"]
     else:
         ckpt["datamodule_hyper_parameters"].update(change)
     leaky = tmp_path / "leaky.ckpt"
-    save_checkpoint(ckpt, leaky)
+    torch.save(ckpt, leaky)
     with pytest.raises(ValueError, match=f"distill: {leaky} {message}"):
         _student(demo_root, tmp_path / "s", f"distill.ckpts=[{teacher},{leaky}]")
     assert not list((tmp_path / "s" / "cache").glob("teachers/*.h5"))
@@ -256,9 +255,9 @@ def test_a_distilled_student_trains_with_every_trick(teacher_sweep, teacher, dem
               "swa.epoch_start=1", "data.normalize=standardize", "trainer.max_epochs=2"]
     result = _student(demo_root, tmp_path / "s", f"distill.sweep={teacher_sweep}", "distill.weight=0.7", *tricks)
     assert result["status"] == "ok" and 0 < result["val/mAP"] <= 1 and result["best_ckpt"].endswith("swa.ckpt")
-    ckpt = load_checkpoint(result["best_ckpt"])
+    ckpt = Checkpoint.load(result["best_ckpt"]).content
     assert ckpt["hyper_parameters"]["distill"] == {"ckpts": [], "sweep": str(teacher_sweep), "weight": 0.7}
-    assert load_tagger(result["best_ckpt"]).teacher is None  # inference needs no teachers
+    assert Checkpoint.load(result["best_ckpt"]).tagger().teacher is None  # inference needs no teachers
     with h5py.File(next((tmp_path / "s" / "cache" / "teachers").glob("*.h5"))) as f:
         assert json.loads(f.attrs["teachers"])[0]["ckpt"] == str(teacher.resolve())
 
@@ -268,7 +267,7 @@ def test_weight_zero_trains_exactly_as_without_teachers(teacher, demo_root, tmp_
     zero = _student(demo_root, tmp_path / "zero", "augment.mixup_alpha=0.4", f"distill.ckpts=[{teacher}]",
                     "distill.weight=0")
     assert zero["train/loss_epoch"] == plain["train/loss_epoch"] and zero["val/mAP"] == plain["val/mAP"]
-    a, b = (load_checkpoint(r["last_ckpt"])["state_dict"] for r in (plain, zero))
+    a, b = (Checkpoint.load(r["last_ckpt"]).content["state_dict"] for r in (plain, zero))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -1,4 +1,5 @@
-"""Per-class thresholds: the known best-F1 / target-precision choices, stored in the checkpoint from the dev split."""
+"""Per-class thresholds: the known best-F1 / target-precision choices, chosen on the dev split and written beside
+the checkpoint (never into it)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,11 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_recall_curve
 
-from aer.checkpoint import (
-    THRESHOLDS_KEY,
-    CheckpointError,
-    datamodule_from_checkpoint,
-    decision_thresholds,
-    load_checkpoint,
-    stored_thresholds,
-    tagger_from_checkpoint,
-)
+from aer.checkpoint import THRESHOLDS_KEY, Checkpoint, CheckpointError
 from aer.inference import predict_split
 from aer.metrics import choose_thresholds, decision_scores
 from aer.thresholds import run
-from conftest import compose_cfg
+from conftest import config
 
 # columns: classes; each row a clip. Class 0's best F1 (6/7) tags the clips down to 0.6 (the next lower
 # score: 0.3, so the threshold is 0.45), class 1's (4/5) down to 0.4 across a tie (next 0.1: 0.25), class 2
@@ -95,37 +88,49 @@ def test_bad_rule_and_target():
         _choose("precision", target=0.0)
 
 
-def test_command_chooses_on_the_dev_split_and_stores_them(thresholded_ckpt, trained_run):
-    ckpt = load_checkpoint(thresholded_ckpt)
-    values, info = stored_thresholds(ckpt)
+def test_command_chooses_on_the_dev_split_and_writes_them_beside(thresholded_ckpt, trained_run):
+    ckpt = Checkpoint.load(thresholded_ckpt)
+    stored = ckpt.thresholds()
+    values, info = stored.values, stored.info
+    assert stored.path == thresholded_ckpt.with_name("best.thresholds.json") and stored.path.is_file()
     assert values.shape == (527,) and values.dtype == np.float32
     assert info["split"] == "val" and info["clips"] == 120 and info["rule"] == "f1"  # the dev 20% of 600, not eval
     # the thresholds are those of the dev split's probabilities, and give the F1 recorded
-    dm = datamodule_from_checkpoint(ckpt, split="val")
-    probs, labels, _ = predict_split(tagger_from_checkpoint(ckpt), dm)
+    probs, labels, _ = predict_split(ckpt.tagger(), ckpt.datamodule("val"))
     want, _ = choose_thresholds(torch.from_numpy(probs), torch.from_numpy(labels))
     np.testing.assert_array_equal(values, want.numpy())
     assert info["val/micro_f1"] == pytest.approx(f1_score(labels, probs >= values, average="micro"))
     assert info["classes_fallback"] == (~labels.any(0)).sum() > 0
     assert np.all(values[~labels.any(0)] == 0.5)
-    # the weights and everything else are untouched; the source checkpoint is left as it was
-    source = load_checkpoint(trained_run / "checkpoints" / "best.ckpt")
-    assert THRESHOLDS_KEY not in source
-    for k, v in source["state_dict"].items():
-        assert torch.equal(ckpt["state_dict"][k], v)
+    # the checkpoint (a byte copy of the source: out=) is never rewritten; the source has no thresholds
+    source = trained_run / "checkpoints" / "best.ckpt"
+    assert thresholded_ckpt.read_bytes() == source.read_bytes() and Checkpoint.load(source).thresholds() is None
+    assert THRESHOLDS_KEY not in ckpt.content
     assert json.loads((thresholded_ckpt.parent / "metrics.json").read_text())["status"] == "ok"
-    assert "rule=f1, chosen on split=val" in decision_thresholds(ckpt, None)[1]
+    assert "rule=f1, chosen on split=val" in ckpt.decision_thresholds(None)[1]
 
 
-def test_rewrites_the_checkpoint_in_place_with_rule_precision(thresholded_ckpt, tmp_path):
+def test_rule_precision_beside_the_checkpoint_it_names(thresholded_ckpt, tmp_path):
     ckpt = tmp_path / "c.ckpt"
     shutil.copy(thresholded_ckpt, ckpt)
-    result = run(compose_cfg("thresholds", [f"ckpt={ckpt}", "rule=precision", "target=0.8",
-                                            f"paths.output_dir={tmp_path}"]))
-    assert result["ckpt"] == str(ckpt) and not list(tmp_path.glob("*.partial"))
-    values, info = stored_thresholds(load_checkpoint(ckpt))
-    assert info["rule"] == "precision" and info["target"] == 0.8
-    assert np.isinf(values).sum() == info["classes_never"]
+    before = ckpt.read_bytes()
+    result = run(config("thresholds", [f"ckpt={ckpt}", "rule=precision", "target=0.8", f"paths.output_dir={tmp_path}"]))
+    assert result["ckpt"] == str(ckpt) and not list(tmp_path.glob("*.partial")) and ckpt.read_bytes() == before
+    stored = Checkpoint.load(ckpt).thresholds()
+    assert stored.info["rule"] == "precision" and stored.info["target"] == 0.8
+    assert np.isinf(stored.values).sum() == stored.info["classes_never"]
+
+
+def test_thresholds_of_a_checkpoint_that_changed_are_refused(thresholded_ckpt, trained_run, tmp_path):
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(thresholded_ckpt, ckpt)
+    shutil.copy(thresholded_ckpt.with_name("best.thresholds.json"), tmp_path / "best.thresholds.json")
+    Checkpoint.load(ckpt)  # bound to this content: fine
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["epoch"] += 1  # e.g. a resumed run rewrote it
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match=r"best.thresholds.json: chosen for another version of .*best.ckpt"):
+        Checkpoint.load(ckpt)
 
 
 def test_final_mode_checkpoints_take_thresholds_from_a_dev_run(thresholded_ckpt, trained_run, tmp_path):
@@ -134,20 +139,24 @@ def test_final_mode_checkpoints_take_thresholds_from_a_dev_run(thresholded_ckpt,
     state["datamodule_hyper_parameters"]["mode"] = "final"
     torch.save(state, final)
     with pytest.raises(ValueError, match="data.mode=final model, trained on the dev split too"):
-        run(compose_cfg("thresholds", [f"ckpt={final}", f"paths.output_dir={tmp_path}"]))
-    run(compose_cfg("thresholds", [f"ckpt={final}", f"from_ckpt={thresholded_ckpt}", f"paths.output_dir={tmp_path}"]))
-    got, info = stored_thresholds(load_checkpoint(final))
-    np.testing.assert_array_equal(got, stored_thresholds(load_checkpoint(thresholded_ckpt))[0])
-    assert info["copied_from"] == str(thresholded_ckpt)
+        run(config("thresholds", [f"ckpt={final}", f"paths.output_dir={tmp_path}"]))
+    run(config("thresholds", [f"ckpt={final}", f"from_ckpt={thresholded_ckpt}", f"paths.output_dir={tmp_path}"]))
+    got = Checkpoint.load(final).thresholds()
+    np.testing.assert_array_equal(got.values, Checkpoint.load(thresholded_ckpt).thresholds().values)
+    assert got.info["copied_from"] == str(thresholded_ckpt)
 
 
-def test_damaged_entry_is_reported_on_load(thresholded_ckpt, tmp_path):
-    bad = tmp_path / "bad.ckpt"
+def test_an_older_checkpoints_own_entry_is_read_and_checked(thresholded_ckpt, tmp_path):
+    stored = Checkpoint.load(thresholded_ckpt).thresholds()
     state = torch.load(thresholded_ckpt, map_location="cpu", weights_only=True)
+    state[THRESHOLDS_KEY] = {"values": torch.from_numpy(stored.values), "rule": "f1", "split": "val"}
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    np.testing.assert_array_equal(Checkpoint.load(old).thresholds().values, stored.values)
     state[THRESHOLDS_KEY]["values"] = torch.zeros(3)
-    torch.save(state, bad)
-    with pytest.raises(CheckpointError, match=f"{bad}: its 'aer_thresholds' entry is not 527 thresholds"):
-        load_checkpoint(bad)
+    torch.save(state, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match=r"bad.ckpt: its 'aer_thresholds' entry is not 527 thresholds"):
+        Checkpoint.load(tmp_path / "bad.ckpt")
 
 
 def test_decision_scores_match_scikit_learn():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aer.train import run
-from conftest import compose_cfg, train_overrides
+from conftest import compose_cfg, config, train_overrides
 
 
 @pytest.mark.parametrize("overrides,keys", [([], ["tensorboard"]), (["logger=[tensorboard,mlflow]"],
@@ -56,7 +56,7 @@ def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
 def test_many_loggers_store_the_same_val_map_series(demo_root, tmp_path):
     pytest.importorskip("mlflow", reason="MLflow is not installed: pip install -e '.[track]'")
     out = tmp_path / "run"
-    result = run(compose_cfg("train", train_overrides(demo_root, out, "logger=many", f"paths.log_dir={tmp_path}",
+    result = run(config("train", train_overrides(demo_root, out, "logger=many", f"paths.log_dir={tmp_path}",
                                                       "trainer.max_epochs=3")))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 3 == result["epochs"]
@@ -91,7 +91,7 @@ def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypa
     logs = []
     for name in ("a", "b"):  # two runs in one process, as a sweep's jobs: the first must not absorb the second
         out = tmp_path / name
-        run(compose_cfg("train", train_overrides(demo_root, out, "logger=wandb")))
+        run(config("train", train_overrides(demo_root, out, "logger=wandb")))
         found = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(found) == 1, found
         logs.append(found[0])

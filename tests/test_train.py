@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from aer.train import run
-from conftest import CONF, compose_cfg, run_script, train_overrides
+from conftest import CONF, config, run_script, train_overrides
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
           for g in ("model", "init", "data", "trainer", "experiment")}
@@ -27,35 +26,33 @@ def test_every_config_option_builds_what_it_names(group, option, tmp_path):
     import hydra.utils
     import torch
 
+    from aer.data.datamodule import AudioSetDataModule
     from aer.init import apply_init
     from aer.models import build_net
 
-    cfg = compose_cfg("train", [f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    c = config("train", [f"{group}={option}", f"paths.output_dir={tmp_path}"])
     if group in ("model", "init"):
-        assert cfg[group].name == option
-
-    def options(section: str) -> dict:
-        return {k: v for k, v in OmegaConf.to_container(cfg[section], resolve=True).items() if k != "name"}
+        assert getattr(c, group).name == option
 
     for what in BUILDS[group]:
         if what == "net":
-            net = apply_init(build_net(cfg.model.name, **options("model")), cfg.init.name, **options("init"))
+            net = apply_init(build_net(c.model.name, c.model.settings), c.init.name, c.init.settings)
             assert net(torch.rand(2, 10, 128), torch.tensor([10, 3])).shape == (2, 527)
         elif what == "data":
-            dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-            assert (dm.mode, dm.batch_size) == (cfg.data.mode, cfg.data.batch_size)
+            dm = AudioSetDataModule(c.data)
+            assert (dm.mode, dm.batch_size) == (c.data.mode, c.data.batch_size)
         else:
-            on_cpu = {"accelerator": "cpu", "devices": 1} if cfg.trainer.accelerator == "gpu" else {}
-            trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False, **on_cpu)
-            assert trainer.max_epochs == cfg.trainer.max_epochs
+            kwargs = c.lightning["trainer"]
+            on_cpu = {"accelerator": "cpu", "devices": 1} if kwargs["accelerator"] == "gpu" else {}
+            trainer = hydra.utils.instantiate(kwargs, logger=False, enable_checkpointing=False, **on_cpu)
+            assert trainer.max_epochs == c.trainer.max_epochs
 
 
 @pytest.mark.slow  # a Trainer, data and a network per experiment (the fast set builds them)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_smoke_runs(experiment, demo_root, tmp_path):
-    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, f"experiment={experiment}",
-                                               "trainer.fast_dev_run=1", "data.batch_size=64"))
-    result = run(cfg)
+    result = run(config("train", train_overrides(demo_root, tmp_path, f"experiment={experiment}",
+                                                 "trainer.fast_dev_run=1", "data.batch_size=64")))
     assert result["status"] == "ok"
     assert (tmp_path / "metrics.json").exists()
 
@@ -91,15 +88,16 @@ def test_training_loss_logged_per_epoch_and_at_logging_steps(trained_run):
 
 @pytest.mark.parametrize("steps_per_fetch", [1, 2])
 def test_epoch_loss_is_the_clip_weighted_mean_of_step_losses(demo_root, tmp_path, steps_per_fetch):
-    import hydra
+    import dataclasses
+
     import pytorch_lightning as pl
 
-    from aer.config import tagger_kwargs
-    from aer.module import Tagger
+    from aer.data.datamodule import AudioSetDataModule
+    from aer.train import tagger
 
-    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path))
+    c = config("train", train_overrides(demo_root, tmp_path))
     # 128 does not divide the split; in blocks of 2 batches, the output is the block's clip-weighted mean
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all", batch_size=128, steps_per_fetch=steps_per_fetch)
+    dm = AudioSetDataModule(dataclasses.replace(c.data, batch_size=128, steps_per_fetch=steps_per_fetch))
     seen: list[tuple[float, int]] = []
 
     class Record(pl.Callback):
@@ -112,7 +110,7 @@ def test_epoch_loss_is_the_clip_weighted_mean_of_step_losses(demo_root, tmp_path
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
                          use_distributed_sampler=False, num_sanity_val_steps=0)
-    trainer.fit(Tagger(**tagger_kwargs(cfg)), datamodule=dm)
+    trainer.fit(tagger(c), datamodule=dm)
     assert len({n for _, n in seen}) == 2, "the last batch is a short one"
     expected = sum(v * n for v, n in seen) / sum(n for _, n in seen)
     assert abs(float(trainer.callback_metrics["train/loss_epoch"]) - expected) < 1e-6
@@ -137,7 +135,7 @@ def test_same_command_twice_gives_same_metrics(demo_root, tmp_path):
     results = []
     for name in ("a", "b"):
         out = tmp_path / name
-        results.append(run(compose_cfg("train", train_overrides(demo_root, out, "model=skiplstm",
+        results.append(run(config("train", train_overrides(demo_root, out, "model=skiplstm",
                                                                 "model.hidden=16"))))
     keys = ("val/mAP", "val/mAUC", "train/loss_epoch")
     assert [results[0][k] for k in keys] == [results[1][k] for k in keys]
@@ -149,7 +147,7 @@ def test_metrics_describe_the_final_weights_when_validating_every_n_epochs(demo_
     results = {}
     for every in (1, 2, 3):
         out = tmp_path / str(every)
-        results[every] = run(compose_cfg("train", train_overrides(
+        results[every] = run(config("train", train_overrides(
             demo_root, out, "trainer.max_epochs=3", f"trainer.check_val_every_n_epoch={every}")))
         assert results[every]["epochs"] == 3
         assert json.loads((out / "metrics.json").read_text())["val/mAP"] == results[every]["val/mAP"]
@@ -166,7 +164,7 @@ def test_metrics_describe_the_final_weights_when_validating_every_n_epochs(demo_
 
 
 def test_final_mode_tests_last_epoch_on_eval(demo_root, tmp_path):
-    result = run(compose_cfg("train", train_overrides(demo_root, tmp_path, "data.mode=final")))
+    result = run(config("train", train_overrides(demo_root, tmp_path, "data.mode=final")))
     for key in ("test/mAP", "test/mAUC", "test/dprime"):
         assert isinstance(result[key], float), key
     assert "val/mAP" not in result
@@ -233,18 +231,20 @@ def test_missing_split_folders_named(tmp_path):
 
 
 def test_non_finite_loss_stops_with_advice(demo_root, tmp_path):
+    import pytorch_lightning as pl
     import torch
 
+    from aer.data.datamodule import AudioSetDataModule
     from aer.module import NonFiniteLossError, Tagger
 
     model = Tagger(model="fc", init="xavier")
     with torch.no_grad():
-        model.net.net[0].weight.fill_(float("nan")) if hasattr(model.net, "net") else next(
-            model.net.parameters()).fill_(float("nan"))
-    batch = {"features": torch.randint(0, 256, (4, 10, 128), dtype=torch.uint8), "lengths": torch.full((4,), 10),
-             "y": torch.zeros(4, 527)}
+        model.net.net[0].weight.fill_(float("nan"))
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    dm = AudioSetDataModule(demo_root, cache_dir=str(tmp_path / "cache"), demo={"clips": 600, "eval_clips": 300})
     with pytest.raises(NonFiniteLossError, match=r"at epoch 0, step 0: try a lower optim.lr"):
-        model.training_step(batch, 0)
+        trainer.fit(model, datamodule=dm)
 
 
 def test_heap_frozen_while_fitting_and_thawed_after(demo_root, tmp_path):
@@ -252,13 +252,13 @@ def test_heap_frozen_while_fitting_and_thawed_after(demo_root, tmp_path):
     training loop) and hands them back when fit ends, normally or with an error."""
     import gc
 
-    import hydra
     import pytorch_lightning as pl
 
     from aer.callbacks import FrozenHeap
+    from aer.data.datamodule import AudioSetDataModule
     from aer.module import Tagger
 
-    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path))
+    c = config("train", train_overrides(demo_root, tmp_path))
     seen = []
 
     class Probe(pl.Callback):
@@ -272,7 +272,7 @@ def test_heap_frozen_while_fitting_and_thawed_after(demo_root, tmp_path):
         trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                              callbacks=[FrozenHeap(), Probe()], num_sanity_val_steps=0)
-        dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+        dm = AudioSetDataModule(c.data)
         if fail:
             with pytest.raises(RuntimeError, match="boom"):
                 trainer.fit(Tagger(model="fc", init="xavier"), datamodule=dm)
@@ -286,12 +286,11 @@ def test_heap_frozen_while_fitting_and_thawed_after(demo_root, tmp_path):
 def test_compile_trains_and_keeps_the_checkpoint_loadable(demo_root, tmp_path):
     import torch
 
-    from aer.checkpoint import load_tagger
+    from aer.checkpoint import Checkpoint
 
-    cfg = compose_cfg("train", train_overrides(demo_root, tmp_path, "compile=true", "trainer.max_epochs=1"))
-    result = run(cfg)
+    result = run(config("train", train_overrides(demo_root, tmp_path, "compile=true", "trainer.max_epochs=1")))
     assert result["status"] == "ok" and result["val/mAP"] > 0
-    tagger = load_tagger(tmp_path / "checkpoints" / "last.ckpt")  # plain keys: no torch.compile wrapper names
+    tagger = Checkpoint.load(tmp_path / "checkpoints" / "last.ckpt").tagger()  # plain keys: no compile wrapper names
     assert not any("_orig_mod" in k for k in tagger.state_dict())
     x = torch.randint(0, 256, (3, 10, 128), dtype=torch.uint8)
     assert tagger.predict_proba(x, torch.tensor([10, 4, 1])).shape == (3, 527)

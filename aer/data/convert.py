@@ -23,8 +23,9 @@ from tqdm import tqdm
 from aer import __version__
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, RecordError, parse_record, wire_frames
 from aer.data.tfrecord import ShardError, scan_records
+from aer.errors import first_line
+from aer.files import disk_full, file_lock, is_disk_full
 from aer.settings import OnBadRecord
-from aer.utils import disk_full, file_lock, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def cache_problem(out: str | os.PathLike, fp: str, num_classes: int = NUM_CLASSE
                 return f"{a.get('skipped_records')} bad records were skipped, and data.on_bad_record=error"
             return _incomplete(f)
     except OSError as e:
-        return f"not a readable HDF5 file ({_first_line(e)})"
+        return f"not a readable HDF5 file ({first_line(e)})"
 
 
 def _incomplete(f: h5py.File) -> str | None:
@@ -224,11 +225,6 @@ def _incomplete(f: h5py.File) -> str | None:
         if f[name].shape[0] != clips:
             return f"dataset '{name}' holds {f[name].shape[0]} rows, the cache says {clips} clips"
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _create(f: h5py.File, num_classes: int) -> dict[str, h5py.Dataset]:
@@ -518,7 +514,7 @@ def _open_cache(path: Path) -> h5py.File:
     except FileNotFoundError:
         raise CacheError(f"{path}: no such cache file") from None
     except OSError as e:
-        raise CacheError(f"{path}: not a readable aer HDF5 cache ({_first_line(e)})") from None
+        raise CacheError(f"{path}: not a readable aer HDF5 cache ({first_line(e)})") from None
     version = f.attrs.get("format_version")
     problem = (f"cache format {version}, expected {FORMAT_VERSION}" if version != FORMAT_VERSION
                else _incomplete(f))
@@ -565,4 +561,4 @@ def _read_into(path: Path, d: h5py.Dataset, out: np.ndarray, a: int, b: int) -> 
         else:
             d.read_direct(out, dest_sel=np.s_[a:b])
     except OSError as e:  # a checksum that fails, a chunk that cannot be read
-        raise CacheError(f"{path}: dataset '{d.name.lstrip('/')}' is damaged ({_first_line(e)})") from None
+        raise CacheError(f"{path}: dataset '{d.name.lstrip('/')}' is damaged ({first_line(e)})") from None

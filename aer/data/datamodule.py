@@ -74,6 +74,19 @@ def dev_split(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray,
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def held_out(data: dict, record: dict | None = None) -> dict:
+    """Which clips a run with data settings `data` (data.*, as a checkpoint stores them) trains on and which
+    it holds out (the dev split's validation clips, or the eval split in final mode), as a record two runs can
+    be compared by; `record`: what the run's data served, where it recorded it."""
+    s = {f: data.get(f, getattr(DataSettings, f)) for f in ("mode", "train_split", "val_fraction", "split_seed",
+                                                            "eval_split", "num_classes")}
+    splits = DataSettings(root="", train_split=s["train_split"]).train_splits
+    out = {"mode": s["mode"], "train_split": splits, "num_classes": s["num_classes"]}
+    out.update({"val_fraction": s["val_fraction"], "split_seed": s["split_seed"]} if s["mode"] == "dev"
+               else {"eval_split": s["eval_split"]})
+    return {**out, **({"served": record} if record else {})}
+
+
 def resolve_split_dir(root: Path, split: str) -> Path:
     for cand in (root / split, root / "audioset_v1_embeddings" / split):
         if cand.is_dir():
@@ -98,15 +111,19 @@ def default_cache_dir(root: Path) -> Path:
 class AudioSetDataModule(pl.LightningDataModule):
     """The splits of one release folder, converted once into HDF5, held in memory, served in batches.
 
-    Takes the data.* settings of aer.settings.DataSettings (defaults, types and allowed values are
-    declared there, and checked when it is built). Batches are dicts of uint8 `features` (B, T, 128),
+    Takes the data.* settings of aer.settings.DataSettings: that object (checked when it was built), or its
+    values as keywords (checked here). Batches are dicts of uint8 `features` (B, T, 128),
     `lengths` (B,) and float `y` (B, C); the Tagger scales and normalises the features. A training fetch
     is a block of data.steps_per_fetch batches (when above 1) served as one, `steps` holding their sizes.
     """
 
-    def __init__(self, root: str | os.PathLike, **settings):
+    def __init__(self, settings: DataSettings | str | os.PathLike | None = None, /, **values):
         super().__init__()
-        s = DataSettings(root=str(root), **settings)
+        if settings is not None and not isinstance(settings, DataSettings):
+            values["root"], settings = settings, None  # the data root, given first
+        if "root" in values:
+            values["root"] = str(values["root"])
+        s = settings if settings is not None else DataSettings.build(values)
         # Stored in checkpoints: evaluate.py finds the data and the dev split without the training config.
         self.save_hyperparameters(s.as_dict())
         self.settings = s
@@ -308,6 +325,10 @@ class AudioSetDataModule(pl.LightningDataModule):
         mean = total / count
         std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
         return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+    def held_out(self) -> dict:
+        """Which clips this module trains on and which it holds out (aer.data.datamodule.held_out)."""
+        return held_out(self.hparams)
 
     def class_names(self) -> list[tuple[str, str]]:
         return read_class_labels(self.root, self.num_classes)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from aer.data.ontology import ONTOLOGY_FILE
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, Clip, serialize_clip
 from aer.data.tfrecord import write_records
-from aer.ontology import ONTOLOGY_FILE
-from aer.utils import atomic_write_text, remove_stale_partials
+from aer.files import atomic_write_text, remove_stale_partials
 
 _ID_CHARS = np.array(list(string.ascii_letters + string.digits + "-_"))
 TRANSIENT_EVERY = 4  # every 4th class is transient

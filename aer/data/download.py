@@ -29,10 +29,10 @@ from aer.data.release import (
     FILES,
     SPLITS,
     DownloadError,
-    one_line,
     say,
 )
-from aer.utils import atomic_write_text, disk_full, is_disk_full
+from aer.errors import one_line
+from aer.files import atomic_write_text, disk_full, is_disk_full
 
 _CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")

@@ -15,8 +15,9 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from aer.data.release import ARCHIVE_PREFIX, RESERVED, DownloadError, one_line
-from aer.utils import disk_full, is_disk_full, remove_stale_partials
+from aer.data.release import ARCHIVE_PREFIX, RESERVED, DownloadError
+from aer.errors import one_line
+from aer.files import disk_full, is_disk_full, remove_stale_partials
 
 # Errors a damaged or non-tar archive raises from tarfile / gzip.
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import sys
 
+from aer.errors import UserError
+
 # HTTPS rather than the bucket's plain-HTTP URL: Google publishes no checksums for
 # this release, so transport integrity is the only guarantee the bytes are genuine.
 DEFAULT_BASE_URL = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/"
@@ -40,12 +42,8 @@ FILES = {
 RESERVED = {CHECKSUMS, *FILES, *(name + ".part" for name in FILES)}
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """A download or extraction failed; the message is one line naming the file or URL."""
-
-
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def say(message: str) -> None:

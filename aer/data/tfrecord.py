@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 import google_crc32c
 
-from aer.utils import atomic_write_bytes
+from aer.files import atomic_write_bytes
 
 _LEN = struct.Struct("<Q")
 _CRC = struct.Struct("<I")

@@ -17,7 +17,8 @@ from aer.models.featattention import FeatureAttention
 from aer.models.multiattention import MultiLevelAttention
 from aer.models.skiplstm import SkipLSTM
 from aer.models.transformer import Transformer
-from aer.settings import MODELS
+from aer.schema import Section
+from aer.settings import MODELS, registered
 
 NETS: dict[str, type[nn.Module]] = {
     "attention": DecisionAttention,
@@ -29,13 +30,12 @@ NETS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_net(name: str, *, num_classes: int = NUM_CLASSES, in_dim: int = EMBED_DIM, max_frames: int = MAX_FRAMES,
-              **options: Any) -> nn.Module:
-    """The network registered as `name`, with `options` (checked, and completed with their defaults)."""
-    if name not in NETS:
-        raise ValueError(f"model={name!r}: expected one of {', '.join(sorted(NETS))}")
-    settings = MODELS[name].build(options).as_dict()
-    return NETS[name](num_classes=num_classes, in_dim=in_dim, max_frames=max_frames, **settings)
+def build_net(name: str, settings: Section | None = None, *, num_classes: int = NUM_CLASSES, in_dim: int = EMBED_DIM,
+              max_frames: int = MAX_FRAMES, **options: Any) -> nn.Module:
+    """The network registered as `name`, with its model.* settings (aer.settings.MODELS[name]), or with those
+    built from `options` (checked; the rest their defaults)."""
+    settings = settings if settings is not None else registered(MODELS, name, "model").build(options)
+    return NETS[name](num_classes=num_classes, in_dim=in_dim, max_frames=max_frames, **settings.as_dict())
 
 
 __all__ = ["NETS", "DecisionAttention", "FC", "FeatureAttention", "MultiLevelAttention", "SkipLSTM", "Transformer",

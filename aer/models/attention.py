@@ -9,15 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aer.models.fc import fc_blocks
-from aer.models.skiplstm import frame_mask
-
-
-def scatter_frames(values: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """Place (N, D) real-frame rows back into a (B, T, D) tensor, `fill` elsewhere."""
-    out = values.new_full((*mask.shape, values.shape[-1]), fill)
-    out[mask] = values
-    return out
+from aer.models.layers import fc_blocks, frame_mask, scatter_frames
 
 
 class DecisionAttention(nn.Module):

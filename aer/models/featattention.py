@@ -7,9 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aer.models.attention import scatter_frames
-from aer.models.fc import fc_blocks
-from aer.models.skiplstm import frame_mask
+from aer.models.layers import fc_blocks, frame_mask, scatter_frames
 
 
 class FeatureAttention(nn.Module):

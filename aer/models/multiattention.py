@@ -6,9 +6,7 @@ As in attention.py, frame-wise layers run on the real frames only, so padding ne
 import torch
 from torch import nn
 
-from aer.models.attention import scatter_frames
-from aer.models.fc import fc_blocks
-from aer.models.skiplstm import frame_mask
+from aer.models.layers import fc_blocks, frame_mask, scatter_frames
 
 
 class MultiLevelAttention(nn.Module):

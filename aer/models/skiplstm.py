@@ -4,19 +4,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from aer.models.fc import fc_blocks, pad_frames
-
-
-def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """Boolean (B, frames) mask, True on real frames."""
-    return torch.arange(frames, device=lengths.device) < lengths[:, None]
-
-
-def exporting() -> bool:
-    """True while torch.jit.trace, torch.onnx.export or torch.export records a network."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+from aer.models.layers import exporting, fc_blocks, frame_mask, pad_frames
 
 
 def _roll_frames(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -78,7 +68,8 @@ class SkipLSTM(nn.Module):
         seq = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         for lstm in self.lstms:
             out = self.dropout(lstm(seq)[0].data)
-            seq = seq._replace(data=torch.cat([seq.data, out], dim=-1) if self.skip else out)
+            data = torch.cat([seq.data, out], dim=-1) if self.skip else out
+            seq = PackedSequence(data, seq.batch_sizes, seq.sorted_indices, seq.unsorted_indices)
         feats, _ = pad_packed_sequence(seq, batch_first=True, total_length=x.shape[1])
         return feats
 

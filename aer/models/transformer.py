@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from aer.models.skiplstm import frame_mask
+from aer.models.layers import frame_mask
 
 
 def sinusoids(positions: int, dim: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
 import sys
 
-from aer.report.cli import main
+from aer.cli import report
 
-sys.exit(main())
+sys.exit(report())

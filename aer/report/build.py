@@ -6,12 +6,11 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from aer.files import atomic_write_text
 from aer.report.events import Traced, traced_runs
 from aer.report.plots import plot_curves, plot_swept_key, safe_name, title
 from aer.report.tables import curves_table, metrics_table
-from aer.runs import Run, find_runs, swept_keys
-from aer.sweep import write_summary
-from aer.utils import atomic_write_text
+from aer.runs import Run, find_runs, swept_keys, write_summary
 
 
 def _traced(dirs: list[Path], out_dir: Path) -> list[Traced]:
@@ -37,7 +36,7 @@ def _check_keys(keys: list[str], runs: list[Run]) -> None:
 
 
 def _jobs_table(dirs: list[Path], traced: list[Traced], labels: list[str], out_dir: Path) -> tuple[list[str], list]:
-    """(the table of jobs, the files written for it). For one sweep dir of train.py -m jobs, aer.sweep's
+    """(the table of jobs, the files written for it). For one sweep dir of train.py -m jobs, aer.runs'
     summary of all of them, written afresh into the output dir as summary.md / summary.csv (a killed sweep
     never wrote one, and the sweep dir is only read); otherwise each run's numbers from its curves."""
     if len(dirs) > 1 or not any(r.recorded for r in find_runs(dirs[0], exclude=out_dir)):

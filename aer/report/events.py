@@ -31,7 +31,8 @@ class Traced:
 
 
 def _epochs_by_step(ea) -> dict[int, list[tuple[float, float]]]:
-    """step -> [(wall time, epoch)] of the `epoch` scalar Lightning logs beside every metric."""
+    """step -> [(wall time, epoch)] of the `epoch` scalar that Lightning logged beside every metric in the runs
+    of an aer before the epoch-level curves were written at step = epoch (aer.module.Tagger.log_epoch)."""
     epoch_at: dict[int, list[tuple[float, float]]] = {}
     if "epoch" in ea.Tags().get("scalars", []):
         for e in ea.Scalars("epoch"):
@@ -42,9 +43,9 @@ def _epochs_by_step(ea) -> dict[int, list[tuple[float, float]]]:
 def read_curves(tb_dirs: list[Path]) -> Curves:
     """Epoch-level curves from the event files in `tb_dirs`, x = epochs completed (1 = after the first).
 
-    Lightning logs an `epoch` scalar at the same step as every metric it logs, so each point's
-    epoch is read from there. Points with no `epoch` beside them are not from the training loop
-    (log_hyperparams' placeholder 0.0 at step 0) and are dropped.
+    aer writes them at step = that epoch. An older run's came at Lightning's batch count, with an `epoch`
+    scalar beside each, read from there; points with no `epoch` beside them (log_hyperparams' placeholder
+    0.0 at step 0) are dropped.
     """
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
@@ -57,15 +58,17 @@ def read_curves(tb_dirs: list[Path]) -> Curves:
         epoch_at = _epochs_by_step(ea)
         for tag in (t for t in CURVES if t in tags):
             points = merged.setdefault(tag, {})
-            for i, e in enumerate(ea.Scalars(tag)):
+            for e in ea.Scalars(tag):
                 if epoch_at:
                     cands = epoch_at.get(e.step)
                     if not cands:
                         continue
                     # a step where two epochs meet (val end of one, train start of the next): nearest in time
                     epoch = min(cands, key=lambda c: abs(c[0] - e.wall_time))[1] + 1
-                else:  # another logger: no epoch scalar, so one point per epoch in order
-                    epoch = i + 1
+                elif e.step >= 1:
+                    epoch = e.step
+                else:
+                    continue
                 points[epoch] = e.value  # a resumed run re-logs epochs: the later value wins
     return {tag: (np.array(sorted(p)), np.array([p[k] for k in sorted(p)])) for tag, p in merged.items() if p}
 

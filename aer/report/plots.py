@@ -12,8 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from aer.files import atomic_path
 from aer.report.events import CURVES, Traced
-from aer.utils import atomic_path
 
 SWEEP_PANELS = ("val/mAP", "val/mAUC", "train/loss_epoch")
 TITLES = {"data.batch_size": "batch size", "init": "initialization", "model": "model", "optim.lr": "learning rate",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from aer.report.events import Traced
-from aer.runs import NO_METRICS, Run
-from aer.sweep import fmt
+from aer.runs import NO_METRICS, Run, fmt
 
 
 def _row(cells: list[str]) -> str:

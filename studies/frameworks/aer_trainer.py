@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
-import aer.paths  # noqa: F401 — registers the path resolvers the config uses
+from aer.config import build
 from studies.frameworks.trainers import protocol
 
 
@@ -70,7 +70,7 @@ def train(job: dict, job_dir: Path) -> None:
     with open_dict(cfg):
         cfg.callbacks.frameworks_record = {"_target_": f"{__name__}.RecordEpochs", "job_dir": str(job_dir)}
     t0 = time.perf_counter()
-    run(cfg)
+    run(build("train", cfg))
     print(f"aer: {job['epochs']} epochs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 

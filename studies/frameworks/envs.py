@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from aer.files import write_json
 from aer.paths import aer_home
-from aer.utils import write_json
 
 # Pins that conflict with aer's own environment (numpy>=1.24 there; mxnet 1.9.1 needs numpy<1.24).
 # jax 0.11+ needs Python >= 3.12: on 3.11 pip picks 0.10.x.

@@ -20,8 +20,8 @@ import torch
 
 from aer.data.convert import load_split
 from aer.data.datamodule import AudioSetDataModule, dev_split
+from aer.files import atomic_open, write_json
 from aer.metrics import summarize
-from aer.utils import atomic_open, write_json
 from studies.frameworks.envs import python_for
 from studies.frameworks.trainers import protocol
 

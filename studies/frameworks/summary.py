@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from aer.utils import atomic_path, atomic_write_text, write_json
+from aer.files import atomic_path, atomic_write_text, write_json
 from studies.frameworks.harness import FRAMEWORKS
 
 THRESHOLD = 0.20  # "epochs to 0.20 val mAP": how fast each converges, in epochs

@@ -1,5 +1,5 @@
-"""aer.entry in this process: a failed task is recorded in metrics.json and reported in one line (the
-root scripts themselves run in the slow CLI tests)."""
+"""aer.cli in this process: a failed job is recorded in metrics.json and reported in one line (the root
+scripts themselves run in the slow CLI tests); every command's --help."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
-from aer.entry import cli, one_line, task
+from aer.cli import boundary, job
+from aer.errors import one_line
 from conftest import CONF
 
 
@@ -45,14 +46,21 @@ def _recorded(tmp_path) -> dict:
 
 
 def _raise(e: BaseException):
-    def fn(cfg):
+    def fn(config):
         raise e
     return fn
 
 
+def _job(run):
+    """`run` as aer.cli runs an evaluate.py job on its built config."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["ckpt=x.ckpt", "split=val", "paths.output_dir=/tmp"])
+    return job(run, "evaluate", cfg)
+
+
 def test_a_user_error_exits_in_one_line_and_is_recorded(hydra_job, tmp_path, capsys, caplog):
     with pytest.raises(SystemExit) as done:
-        task(_raise(ValueError("data.mode='x': expected one of dev, final")))(None)
+        _job(_raise(ValueError("data.mode='x': expected one of dev, final")))
     assert done.value.code == 1
     assert capsys.readouterr().err == "error: data.mode='x': expected one of dev, final\n"
     assert _recorded(tmp_path) == {"status": "failed", "error": "ValueError: data.mode='x': expected one of dev, final",
@@ -64,14 +72,14 @@ def test_an_instantiation_error_is_reported_as_its_cause(hydra_job, tmp_path, ca
     wrapped = InstantiationException("Error in call to target 'aer.data.datamodule.AudioSetDataModule'")
     wrapped.__cause__ = ValueError("data.batch_size=0: expected a positive integer")
     with pytest.raises(SystemExit):
-        task(_raise(wrapped))(None)
+        _job(_raise(wrapped))
     assert capsys.readouterr().err == "error: data.batch_size=0: expected a positive integer\n"
     assert _recorded(tmp_path)["error"] == "ValueError: data.batch_size=0: expected a positive integer"
 
 
 def test_a_bug_is_logged_with_its_traceback(hydra_job, tmp_path, capsys, caplog):
     with caplog.at_level(logging.ERROR, logger="aer"), pytest.raises(SystemExit):
-        task(_raise(RuntimeError("boom")))(None)
+        _job(_raise(RuntimeError("boom")))
     assert "Traceback" in caplog.text and "RuntimeError: boom" in caplog.text
     assert capsys.readouterr().err == "error: boom\n"
 
@@ -79,14 +87,14 @@ def test_a_bug_is_logged_with_its_traceback(hydra_job, tmp_path, capsys, caplog)
 def test_in_a_sweep_the_job_fails_and_the_sweep_goes_on(hydra_job, tmp_path, caplog):
     hydra_job(3)
     with caplog.at_level(logging.ERROR, logger="aer"):
-        assert task(_raise(FileNotFoundError("no such checkpoint")))(None) is None
+        assert _job(_raise(FileNotFoundError("no such checkpoint"))) is None
     assert "job 3 failed: no such checkpoint" in caplog.text
     assert _recorded(tmp_path)["status"] == "failed"
     diverged = {"status": "diverged", "diverged": "train/loss rose"}
     with caplog.at_level(logging.ERROR, logger="aer"):
-        assert task(lambda cfg: diverged)(None) == diverged  # its metrics.json stays the run's own
+        assert _job(lambda cfg: diverged) == diverged  # its metrics.json stays the run's own
     assert "job 3 failed: the run diverged: train/loss rose" in caplog.text
-    assert task(lambda cfg: {"status": "ok"})(None) == {"status": "ok"}
+    assert _job(lambda cfg: {"status": "ok"}) == {"status": "ok"}
 
 
 def test_one_line_folds_hydra_and_omegaconf_messages():
@@ -106,8 +114,25 @@ def test_cli_reports_what_hydra_rejects_in_one_line(capsys, monkeypatch):
         OmegaConf.create({"a": 1}, flags={"struct": True}).b  # noqa: B018 — the key error is the point
 
     with pytest.raises(SystemExit) as done:
-        cli(main)
+        boundary(main)
     assert done.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Key 'b' is not in struct") and err.count("\n") == 1
     assert "HYDRA_FULL_ERROR" not in os.environ
+
+
+@pytest.mark.slow  # a process per command
+@pytest.mark.parametrize("argv", [["train.py"], ["evaluate.py"], ["ensemble.py"], ["-m", "aer.predict"],
+                                  ["-m", "aer.export"], ["-m", "aer.thresholds"], ["-m", "aer.data"],
+                                  ["-m", "aer.data", "convert"], ["-m", "aer.report"], ["-m", "aer.compare"]])
+def test_every_commands_help(argv, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    command = [str(ROOT / argv[0])] if argv[0].endswith(".py") else argv
+    proc = subprocess.run([sys.executable, *command, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert ("powered by Hydra" in proc.stdout) != ("usage:" in proc.stdout), proc.stdout[:500]

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, one-line disk errors, locks that a kill cannot leave held."""
+"""Files written safely: atomic writes, one-line full-disk errors, locks that a kill cannot leave held."""
 
 from __future__ import annotations
 
@@ -39,13 +39,6 @@ def _clean(obj):
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
-
-
-def error_line(e: BaseException) -> str:
-    """`Type: first line of the message` (the type alone when it says nothing): an error folded for one line."""
-    text = str(e).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _umask() -> int:
