@@ -33,7 +33,7 @@ from aer.data.datamodule import AudioSetDataModule, held_out
 from aer.data.records import NUM_CLASSES
 from aer.errors import first_sentence, one_line
 from aer.files import atomic_write_bytes, write_json
-from aer.module import CLASSES_KEY, Tagger
+from aer.module import CLASSES_KEY, SPLIT_KEY, Tagger
 from aer.settings import DataSettings
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,6 @@ def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> 
 
 
 THRESHOLDS_KEY = "aer_thresholds"  # thresholds an older aer wrote into the checkpoint itself
-SPLIT_KEY = "aer_split"            # what the run's data served: aer.data.datamodule.split_record
 DEFAULT_THRESHOLD = 0.5
 THRESHOLDS_SUFFIX = ".thresholds.json"
 
@@ -189,6 +188,30 @@ class Checkpoint:
         """Which clips it held out from training: aer.data.datamodule.held_out of its data settings, with
         what its data served (split_record) where the run recorded it; None without data settings."""
         return held_out(self.data, self.content.get(SPLIT_KEY)) if self.data else None
+
+    def differs(self, dm: AudioSetDataModule) -> str | None:
+        """How the clips `dm` trains on and holds out differ from those of this checkpoint's run, in words naming
+        the setting (the first that differs); None when they are the same. In dev mode `dm` is set up first:
+        its validation clips are compared by count and ids, so data that changed under the same settings
+        (clips added, removed or skipped) differs too."""
+        if dm.mode == "dev":
+            dm.setup("fit")
+        theirs, ours = self.held_out or {}, dm.held_out()
+        for key, value in theirs.items():
+            if key in ours and ours[key] != value:
+                if key == "validation":
+                    return (f"its run validated on {value['clips']} clips (ids {value['ids_sha256']}), the dev split "
+                            f"of data.root={dm.root} holds {ours[key]['clips']} (ids {ours[key]['ids_sha256']}): "
+                            f"the data changed since (clips added, removed or skipped)")
+                return f"it was trained with data.{key}={value!r}, here data.{key}={ours[key]!r}"
+        return None
+
+    def check_dev_split(self, dm: AudioSetDataModule, what: str) -> None:
+        """Refuses, in one line, a dev split (`dm`, dev mode) other than the one this checkpoint's run held out."""
+        differs = self.differs(dm)
+        if differs:
+            raise ValueError(f"{what}: {self.path}: {differs}; its scores there would not be on the clips it held "
+                             f"out: score it on the data and split it was trained with")
 
     def class_names(self) -> list[tuple[str, str]] | None:
         """(mid, display name) per class as its training data named them; None where it holds none."""

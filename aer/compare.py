@@ -260,6 +260,8 @@ def score_checkpoints(paths: list[Path], split: str, overrides: dict) -> dict:
     for p in paths:
         ckpt = Checkpoint.load(p)
         dm = ckpt.datamodule(split, overrides)
+        if split == "val":
+            ckpt.check_dev_split(dm, "--split val")
         pr, labels, vids = predict_split(ckpt.tagger(), dm)
         probs.append(pr)
         served.append((labels, vids, dm))

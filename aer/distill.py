@@ -50,7 +50,7 @@ def check_teacher(ckpt: Checkpoint, dm: AudioSetDataModule) -> None:
     if ckpt.num_classes != dm.num_classes:
         raise ValueError(f"distill: {ckpt.path} predicts {ckpt.num_classes} classes, this run's data has "
                          f"{dm.num_classes} (data.num_classes)")
-    theirs, ours = ckpt.held_out, dm.held_out()
+    theirs = ckpt.held_out
     if theirs is None:
         raise ValueError(f"distill: {ckpt.path} holds no data settings (datamodule_hyper_parameters), so it cannot "
                          f"be checked not to have trained on this run's held-out clips: use teachers train.py wrote")
@@ -64,11 +64,11 @@ def check_teacher(ckpt: Checkpoint, dm: AudioSetDataModule) -> None:
                          f"{'+'.join(theirs['train_split'])}, which holds this run's validation clips: it would leak "
                          f"them into the student; use teachers trained in dev mode on this run's data.train_split, "
                          f"val_fraction and split_seed")
-    for key, value in ours.items():
-        if theirs.get(key) != value:
-            raise ValueError(f"distill: {ckpt.path} was trained with data.{key}={theirs.get(key)!r}, this run has "
-                             f"data.{key}={value!r}: its training clips include some of this run's validation "
-                             f"clips (it would leak them into the student); use teachers trained on this dev split")
+    differs = ckpt.differs(dm)
+    if differs:
+        raise ValueError(f"distill: {ckpt.path}: {differs}: its training clips include some of this run's "
+                         f"validation clips (it would leak them into the student); use teachers trained on this "
+                         f"dev split")
     root = ckpt.data.get("root")
     if root and Path(root).expanduser().resolve() != dm.root.resolve():
         log.warning("distill: %s was trained on data.root=%s, this run's is %s: the same split settings draw "

@@ -87,6 +87,9 @@ class _Members:
     def datamodule(self, split: str):
         """One data module for all members; they must agree on the clips it serves."""
         dms = {p: self.ckpts[p].datamodule(split, self.overrides) for p in self.unique}
+        if split == "val":
+            for p, dm in dms.items():
+                self.ckpts[p].check_dev_split(dm, "split=val")
         first = self.unique[0]
 
         def served(dm) -> dict:
@@ -160,7 +163,7 @@ def run(config: EnsembleConfig) -> dict:
     """Averages the members' probabilities on config.split; returns what it writes to metrics.json."""
     t0 = time.time()
     split, select = config.split, config.select
-    paths = member_paths(config.ckpts, config.sweep)
+    paths = member_paths(config.ckpts, config.sweep, exclude=Path(config.output_dir))
     weights = normalize_weights(config.weights, len(paths))
     with job_state(config.threads):
         members = _Members(paths, config.data)

@@ -22,6 +22,8 @@ def run(config: EvaluateConfig) -> dict:
     ckpt = Checkpoint.load(ckpt_path)
     model = ckpt.tagger()
     dm = ckpt.datamodule(config.split, config.data)
+    if config.split == "val":
+        ckpt.check_dev_split(dm, "split=val")
     thresholds = ckpt.decision_thresholds(config.threshold)
     del ckpt  # the weights now live in the model
     with job_state(config.threads):

@@ -21,6 +21,7 @@ from aer.schema import Section, check
 from aer.settings import INITS, MODELS, AugmentSettings, DataSettings, DistillSettings, OptimSettings, registered
 
 CLASSES_KEY = "aer_classes"  # checkpoint entry: the classes' (mid, display name), as the training data named them
+SPLIT_KEY = "aer_split"      # checkpoint entry: what the run's validation split held (datamodule.split_record)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -162,6 +163,9 @@ class Tagger(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.class_names:
             checkpoint[CLASSES_KEY] = self.class_names
+        served = getattr(self._datamodule(), "served", None)
+        if callable(served) and served():
+            checkpoint[SPLIT_KEY] = served()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get(CLASSES_KEY) or self.class_names
@@ -305,8 +309,12 @@ class Tagger(pl.LightningModule):
         """The mean training loss of the current epoch's batches so far (this rank's)."""
         return float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
 
+    def _datamodule(self):
+        """The trainer's data module, if there is one."""
+        return self.trainer.datamodule
+
     def on_fit_start(self) -> None:
-        dm = self.trainer.datamodule
+        dm = self._datamodule()
         if dm is not None and callable(getattr(dm, "class_names", None)):  # saved with the weights
             self.class_names = [list(n) for n in dm.class_names()]
         # Lightning counts a block of batches as one: its warning that an epoch holds fewer batches than the

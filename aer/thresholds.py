@@ -33,6 +33,7 @@ def _dev_thresholds(config: ThresholdsConfig, ckpt: Checkpoint) -> tuple:
     from aer.metrics import choose_thresholds, decision_scores
 
     dm = ckpt.datamodule("val", config.data)
+    ckpt.check_dev_split(dm, "the thresholds' dev split")
     probs, labels, _ = predict_split(ckpt.tagger(), dm)
     thr, chosen = choose_thresholds(torch.from_numpy(probs), torch.from_numpy(labels), config.rule,
                                     float(config.target), float(config.fallback))
@@ -45,15 +46,36 @@ def _dev_thresholds(config: ThresholdsConfig, ckpt: Checkpoint) -> tuple:
         "classes_never": int((has_pos & ~chosen.numpy()).sum()), **{f"val/{k}": dev[k] for k in DECISION_KEYS}}
 
 
+# what the run that chose thresholds and the run that takes them must share: the network and the data
+SAME_MODEL = {"model": "model", "model_kwargs": "model.*", "normalize": "data.normalize", "num_classes":
+              "data.num_classes"}
+SAME_DATA = ("root", "train_split")
+
+
 def _copied_thresholds(source: Checkpoint, ckpt: Checkpoint) -> tuple:
+    """The thresholds chosen for `source` (a dev-mode run of the same model and data), for `ckpt`."""
     stored = source.thresholds()
     if stored is None:
         raise CheckpointError(f"from_ckpt={source.path}: holds no thresholds (run `python -m aer.thresholds "
                               f"ckpt={source.path}` first)")
-    if len(stored.values) != ckpt.num_classes:
-        raise CheckpointError(f"from_ckpt={source.path}: {len(stored.values)} thresholds for a model of "
-                              f"{ckpt.num_classes} classes")
-    return stored.values, {**stored.info, "copied_from": str(source.path)}
+    for key, name in SAME_MODEL.items():
+        if source.hparams.get(key) != ckpt.hparams.get(key):
+            raise ValueError(f"from_ckpt={source.path}: its thresholds were chosen for {name}="
+                             f"{source.hparams.get(key)!r}, ckpt={ckpt.path} has {ckpt.hparams.get(key)!r}: copy "
+                             f"them only from a dev-mode run of the same config")
+    for key in SAME_DATA:
+        theirs, ours = source.data.get(key), ckpt.data.get(key)
+        if key == "root":
+            theirs, ours = (str(Path(r).expanduser().resolve()) if r else r for r in (theirs, ours))
+        if theirs != ours:
+            raise ValueError(f"from_ckpt={source.path}: its thresholds were chosen on data.{key}={theirs!r}, "
+                             f"ckpt={ckpt.path} was trained on data.{key}={ours!r}: copy them only from a dev-mode "
+                             f"run of the same config")
+    if ckpt.mode == "dev" and source.held_out != ckpt.held_out:
+        raise ValueError(f"from_ckpt={source.path}: its thresholds were chosen on another dev split than ckpt="
+                         f"{ckpt.path} holds out: copy them only from a run of the same config and data")
+    return stored.values, {**stored.info, "copied_from": str(source.path),
+                           "chosen_for": stored.info.get("chosen_for", str(source.path))}
 
 
 def run(config: ThresholdsConfig) -> dict:
@@ -75,6 +97,7 @@ def run(config: ThresholdsConfig) -> dict:
         with atomic_path(out) as tmp:
             shutil.copyfile(path, tmp)
         ckpt = Checkpoint.load(out)
+    info.setdefault("chosen_for", str(ckpt.path))
     write_thresholds(ckpt.thresholds_path, ckpt, values, info)
     result = {"status": "ok", "ckpt": str(ckpt.path), "source_ckpt": str(path), "thresholds": str(ckpt.thresholds_path),
               **info, "seconds": round(time.time() - t0, 2)}

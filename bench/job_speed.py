@@ -58,8 +58,8 @@ def prepare(root: str, cache_dir: str, tmp: Path) -> tuple[Path, Path]:
     dm = AudioSetDataModule(root=root, cache_dir=cache_dir)
     cache = dm.prepare_split("bal_train")
     with h5py.File(cache, "r") as f:
-        n = f["lengths"].shape[0]
-    train, val = dev_split(n, dm.hparams["val_fraction"], dm.hparams["split_seed"])
+        ids = np.char.decode(f["video_id"][()], "utf-8")
+    train, val = dev_split(ids, dm.hparams["val_fraction"], dm.hparams["split_seed"])
     np.savez(tmp / "split.npz", train=train, val=val)
     return cache, tmp / "split.npz"
 

@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from aer.data.labels import read_class_labels
 from aer.evaluate import run
 from aer.scoring import PER_CLASS_COLUMNS
-from conftest import config, run_script
+from conftest import DEV_VAL, config, run_script
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_val_split_reproduces_the_training_runs_validation(trained_run, tmp_path
     m = run(config("evaluate", [f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "split=val",
                                 f"paths.output_dir={tmp_path}"]))
     train = _metrics(trained_run)
-    assert m["split"] == "val" and m["clips"] == 120  # the dev 20% of 600
+    assert m["split"] == "val" and m["clips"] == DEV_VAL  # the dev split of the 600 clips
     for key in ("mAP", "mAUC", "dprime", "classes_scored"):  # reported under the name training gave them
         assert m[f"val/{key}"] == pytest.approx(train[f"val/{key}"], abs=1e-6), key
     assert not [k for k in m if k.startswith("test/")]

@@ -15,7 +15,7 @@ from aer.checkpoint import THRESHOLDS_KEY, Checkpoint, CheckpointError
 from aer.inference import predict_split
 from aer.metrics import choose_thresholds, decision_scores
 from aer.thresholds import run
-from conftest import config
+from conftest import DEV_VAL, config
 
 # columns: classes; each row a clip. Class 0's best F1 (6/7) tags the clips down to 0.6 (the next lower
 # score: 0.3, so the threshold is 0.45), class 1's (4/5) down to 0.4 across a tie (next 0.1: 0.25), class 2
@@ -94,7 +94,7 @@ def test_command_chooses_on_the_dev_split_and_writes_them_beside(thresholded_ckp
     values, info = stored.values, stored.info
     assert stored.path == thresholded_ckpt.with_name("best.thresholds.json") and stored.path.is_file()
     assert values.shape == (527,) and values.dtype == np.float32
-    assert info["split"] == "val" and info["clips"] == 120 and info["rule"] == "f1"  # the dev 20% of 600, not eval
+    assert info["split"] == "val" and info["clips"] == DEV_VAL and info["rule"] == "f1"  # the dev split, not eval
     # the thresholds are those of the dev split's probabilities, and give the F1 recorded
     probs, labels, _ = predict_split(ckpt.tagger(), ckpt.datamodule("val"))
     want, _ = choose_thresholds(torch.from_numpy(probs), torch.from_numpy(labels))

@@ -17,6 +17,7 @@ from aer.data.demo import ensure_demo, is_demo
 from aer.data.labels import read_class_labels
 from aer.data.records import FEATURE_SCALE
 from aer.data.sampler import BalancedBatchSampler, EpochBatchSampler, EvalBatchSampler, StepBlocks
+from aer.files import writable_dir
 from aer.paths import aer_home
 from aer.settings import DataSettings
 
@@ -65,13 +66,23 @@ class ClipBatches(Dataset):
         return out
 
 
-def dev_split(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, val rows) of the seeded dev split of `n` clips, each sorted."""
-    perm = np.random.default_rng(split_seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    if n_val == 0 or n_val == n:
-        raise ValueError(f"data.val_fraction={val_fraction} leaves an empty split of {n} clips")
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+def dev_split(video_ids, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, val rows) of the dev split of these clips, each sorted: a clip is held out for validation
+    when a keyed hash of its id (the key: split_seed) falls below val_fraction, so which side a clip is on
+    depends on its id alone: adding, removing or skipping other clips never moves it."""
+    key = int(split_seed).to_bytes(8, "little", signed=True)
+    cut = int(val_fraction * 2**64)
+    held = np.fromiter((int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8, key=key).digest(), "little")
+                        < cut for v in video_ids), dtype=bool, count=len(video_ids))
+    if held.all() or not held.any():
+        raise ValueError(f"data.val_fraction={val_fraction} leaves an empty split of {len(held)} clips")
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def split_record(video_ids) -> dict:
+    """What a split holds, to tell it from another: its clip count and a digest of their ids."""
+    digest = hashlib.sha256("\n".join(sorted(map(str, video_ids))).encode()).hexdigest()[:16]
+    return {"clips": len(video_ids), "ids_sha256": digest}
 
 
 def held_out(data: dict, record: dict | None = None) -> dict:
@@ -84,7 +95,7 @@ def held_out(data: dict, record: dict | None = None) -> dict:
     out = {"mode": s["mode"], "train_split": splits, "num_classes": s["num_classes"]}
     out.update({"val_fraction": s["val_fraction"], "split_seed": s["split_seed"]} if s["mode"] == "dev"
                else {"eval_split": s["eval_split"]})
-    return {**out, **({"served": record} if record else {})}
+    return {**out, **({"validation": record} if record else {})}
 
 
 def resolve_split_dir(root: Path, split: str) -> Path:
@@ -154,7 +165,15 @@ class AudioSetDataModule(pl.LightningDataModule):
         return self.cache_root() / f"{split}.h5"
 
     def check_layout(self) -> None:
-        """Fails before any work when the data folders are missing."""
+        """Fails before any work when the data folders are missing, or when the caches would go into a data
+        folder aer did not make."""
+        root = self.root.absolute()
+        if self.cache_dir is not None and not is_demo(self.root):
+            cache = self.cache_dir.absolute()
+            if cache == root or root in cache.parents:
+                raise ValueError(f"data.cache_dir={cache} is inside data.root={root}: aer never writes into a data "
+                                 f"folder it did not make; give the caches another folder (or leave data.cache_dir "
+                                 f"unset: {default_cache_dir(self.root)})")
         if self.demo is not None:
             return
         if not self.root.is_dir():
@@ -187,8 +206,9 @@ class AudioSetDataModule(pl.LightningDataModule):
                 raise FileNotFoundError(f"{self.cache_path(split)}: its shards are gone (no '{split}' folder in "
                                         f"data.root={self.root}), so it cannot be checked or rebuilt") from None
             raise
+        writable_dir(self.cache_root(), "set data.cache_dir=DIR (or AER_HOME) to a folder you can write")
         summary = convert(src, self.cache_path(split), workers=self.convert_workers,
-                          on_bad_record=self.on_bad_record, num_classes=self.num_classes, force=force)
+                          on_bad_record=self.on_bad_record, num_classes=self.num_classes, force=force, own_folder=True)
         log.info("%s", summary)
         return summary.out
 
@@ -230,7 +250,7 @@ class AudioSetDataModule(pl.LightningDataModule):
         train = self._load_train()
         n = len(train["lengths"])
         if self.mode == "dev":
-            train_rows, val_rows = dev_split(n, self.val_fraction, self.split_seed)
+            train_rows, val_rows = dev_split(train["video_id"], self.val_fraction, self.split_seed)
             self._sets = {"train": self._dataset(train, train_rows), "val": self._dataset(train, val_rows)}
             self._sets["test"] = self._sets["val"]
             self._meta = {"train": train, "val": train, "test": train}
@@ -327,8 +347,16 @@ class AudioSetDataModule(pl.LightningDataModule):
         return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
     def held_out(self) -> dict:
-        """Which clips this module trains on and which it holds out (aer.data.datamodule.held_out)."""
-        return held_out(self.hparams)
+        """Which clips this module trains on and which it holds out (aer.data.datamodule.held_out): once set
+        up in dev mode, with what its validation split holds (split_record)."""
+        return held_out(self.hparams, self.served())
+
+    def served(self) -> dict | None:
+        """split_record of the dev split's validation clips, once set up (None in final mode: the eval split is
+        whatever data.root holds)."""
+        if self.mode != "dev" or "val" not in self._sets:
+            return None
+        return split_record(self.split_info("val")["video_id"])
 
     def class_names(self) -> list[tuple[str, str]]:
         return read_class_labels(self.root, self.num_classes)

@@ -42,7 +42,7 @@ def prepare_data(root: str, cache_dir: str | None, data_dir: Path, val_fraction:
                             convert_workers=1)
     dm.check_layout()
     arrays = load_split(dm.prepare_split("bal_train"))
-    train_rows, val_rows = dev_split(len(arrays["lengths"]), val_fraction, split_seed)
+    train_rows, val_rows = dev_split(arrays["video_id"], val_fraction, split_seed)
     for name, a in (("train_x", arrays["features"][train_rows]), ("train_y", arrays["labels"][train_rows]),
                     ("val_x", arrays["features"][val_rows])):
         with atomic_open(data_dir / f"{name}.npy", "wb") as f:

@@ -39,8 +39,8 @@ def test_dev_split_is_the_datamodules(demo_root, data):
     dm = AudioSetDataModule(root=str(demo_root), cache_dir=str(data[2]), val_fraction=0.2, split_seed=0)
     dm.prepare_data()
     dm.setup("fit")
-    train, val = dev_split(TINY, 0.2, 0)
     cached = load_split(dm.cache_path("bal_train"))
+    train, val = dev_split(cached["video_id"], 0.2, 0)
     assert np.array_equal(dm.split_info("train")["video_id"], cached["video_id"][train])
     assert np.array_equal(dm.split_info("val")["video_id"], cached["video_id"][val])
     assert len(train) + len(val) == TINY and not np.intersect1d(train, val).size
@@ -48,7 +48,7 @@ def test_dev_split_is_the_datamodules(demo_root, data):
     assert np.array_equal(np.load(data[0] / "val_x.npy"), cached["features"][val])
     assert np.array_equal(data[1], dm.split_info("val")["labels"])
     with pytest.raises(ValueError, match="empty split"):
-        dev_split(3, 0.01, 0)
+        dev_split(["a", "b", "c"], 1e-9, 0)
 
 
 def test_protocol_reads_what_the_harness_writes_and_names_bad_files(data, tmp_path):
