@@ -7,7 +7,27 @@ import statistics
 import time
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import EMAWeightAveraging
+from pytorch_lightning.callbacks import EMAWeightAveraging, TQDMProgressBar
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, read as a person reads a run: `Epoch 2/2`, and the training bar counting the
+    epoch's batches (optimizer steps), not its fetches (blocks of data.steps_per_fetch batches)."""
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        super().on_train_epoch_start(trainer)
+        bar, sampler = self.train_progress_bar, trainer.train_dataloader.sampler
+        if isinstance(bar.total, int) and callable(getattr(sampler, "steps_in", None)):
+            bar.total = sampler.steps_in(bar.total)
+        bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += len(batch.get("steps") or [0])
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable:
+            bar.n = self.batches
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar, at tqdm's own pace
 
 
 class StopsRun(pl.Callback):
@@ -120,8 +140,10 @@ class Divergence(pl.Callback):
     sigmoid outputs near 0.5), so a learning rate that blows up within the first epoch is caught too.
     """
 
-    def __init__(self, loss_factor: float = 10.0, chance_auc: float = 0.505, min_epochs: int = 5) -> None:
+    def __init__(self, loss_factor: float = 10.0, chance_auc: float = 0.505, min_epochs: int = 5,
+                 min_steps: int = 50) -> None:
         self.loss_factor, self.chance_auc, self.min_epochs = loss_factor, chance_auc, min_epochs
+        self.min_steps = min_steps  # fewer optimizer steps say too little to call a run diverged
         self.first_loss: float | None = None
         self.epoch_losses: list[float] = []
 
@@ -133,12 +155,15 @@ class Divergence(pl.Callback):
             self.first_loss = float(loss)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        loss = trainer.callback_metrics.get("train/loss_epoch")
-        if loss is not None:
+        loss = getattr(pl_module, "epoch_loss", float("nan"))  # this epoch's (callbacks run before its logging)
+        if loss == loss:
             self.epoch_losses.append(float(loss))
 
-    def verdict(self, metrics: dict, epochs: int) -> str | None:
-        """Why the run counts as diverged, in one line, or None."""
+    def verdict(self, metrics: dict, epochs: int, steps: int) -> str | None:
+        """Why the run counts as diverged, in one line, or None; a run of fewer than min_steps steps is not
+        judged."""
+        if steps < self.min_steps:
+            return None
         if self.first_loss and self.epoch_losses and self.epoch_losses[-1] > self.loss_factor * self.first_loss:
             return (f"train/loss rose from {self.first_loss:.4g} (first batch) to {self.epoch_losses[-1]:.4g} "
                     f"(last epoch): lower optim.lr or add optim.warmup_epochs")
@@ -146,6 +171,14 @@ class Divergence(pl.Callback):
         if auc is not None and epochs >= self.min_epochs and auc < self.chance_auc:
             return (f"val/mAUC is {auc:.4f} after {epochs} epochs, at chance (< {self.chance_auc}): "
                     f"the model learned nothing; check optim.lr and the data")
+        return None
+
+    def stalled(self) -> str | None:
+        """Why the training loss looks as if it never moved (a learning rate far too low), or None."""
+        losses = self.epoch_losses
+        if len(losses) >= 2 and max(losses) - min(losses) <= 1e-6 * abs(losses[0]):
+            return (f"train/loss stayed at {losses[0]:.6g} for {len(losses)} epochs: nothing was learned "
+                    f"(optim.lr too low?)")
         return None
 
     def state_dict(self) -> dict:

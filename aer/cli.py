@@ -5,7 +5,9 @@ A Hydra command (train, evaluate, ensemble, predict, export, thresholds) compose
 settings object once (aer.config.build: every value checked before any work) and runs `aer.<name>.run`;
 an argparse command (data, report, compare) parses its arguments into its settings object the same way.
 Whatever fails is reported here, and only here: a user's error (aer.errors.is_user_error) in one line on
-stderr, anything else with its traceback; the exit status is 1.
+stderr, anything else with its traceback; the exit status is 1 (a multirun's too, after its summary, when a job
+or its ensemble failed). SIGTERM and SIGINT (Ctrl-C) stop a command where it is, its files whole (every write is
+atomic), metrics.json saying `status: interrupted`, with status 128 + the signal.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 
-from aer.errors import is_user_error, one_line
+from aer.errors import Interrupted, Refused, is_user_error, one_line
 
 log = logging.getLogger("aer")
 
@@ -42,6 +45,7 @@ def job(run: Callable, name: str, cfg) -> dict | None:
     from aer.files import write_json
 
     hc = HydraConfig.get()
+    record = os.path.join(hc.runtime.output_dir, "metrics.json")
 
     def fail(msg: str, result: dict | None = None):
         if hc.mode == RunMode.MULTIRUN:
@@ -52,11 +56,20 @@ def job(run: Callable, name: str, cfg) -> dict | None:
 
     try:
         result = run(build(name, cfg))
+    except Interrupted as e:  # the job, and a multirun with it, stop here; aer.cli.boundary sets the status
+        write_json(record, {"status": "interrupted", "error": str(e), "overrides": list(hc.overrides.task)})
+        if hc.mode == RunMode.MULTIRUN:
+            from aer.runs import write_summary
+
+            write_summary(hc.sweep.dir)
+            log.error("job %s %s: the sweep stops here (its summary: %s)", hc.job.num, e,
+                      os.path.join(hc.sweep.dir, "summary.md"))
+        raise
     except Exception as e:  # noqa: BLE001 — recorded, then reported
         cause = _unwrapped(e)
         msg = one_line(cause)
-        write_json(os.path.join(hc.runtime.output_dir, "metrics.json"), {
-            "status": "failed", "error": f"{type(cause).__name__}: {msg}", "overrides": list(hc.overrides.task)})
+        write_json(record, {"status": "failed", "error": f"{type(cause).__name__}: {msg}",
+                            "overrides": list(hc.overrides.task)})
         if not is_user_error(cause):
             log.error("%s", traceback.format_exc())
         return fail(msg)
@@ -86,26 +99,54 @@ def _hydra(name: str) -> Callable[[], None]:
     return command
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def catch_signals() -> None:
+    """SIGTERM and SIGINT raise aer.errors.Interrupted where the command is (Lightning's own SIGTERM handling
+    calls this handler too, during fit)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
+
+
+def interrupted(e: Interrupted) -> None:
+    print(f"error: {e}: stopped, its files left whole (a training run resumes with the same command and "
+          f"ckpt_path=last)", file=sys.stderr)
+    sys.exit(128 + e.signum)
+
+
 def boundary(main: Callable[[], object]) -> None:
     """Runs `main` so that a config Hydra itself rejects (an unknown key or group option, an override that
-    does not parse) is reported in one line, like aer's own errors.
+    does not parse) is reported in one line, like aer's own errors; then says what failed in a multirun.
 
     HYDRA_FULL_ERROR=1 makes Hydra raise those errors instead of printing them over several lines; a user who
     set it already gets Hydra's full report, as they asked.
     """
-    if os.environ.get("HYDRA_FULL_ERROR"):
-        main()
-        return
+    from aer.sweep import OUTCOME
+
+    catch_signals()
+    full = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except Interrupted as e:
+        interrupted(e)
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 — Hydra's and OmegaConf's composition errors are the user's
-        if not is_user_error(e):
+        if full or not is_user_error(e):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
     finally:
-        os.environ.pop("HYDRA_FULL_ERROR", None)
+        if full is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    if OUTCOME:
+        for msg in OUTCOME.values():
+            print(f"error: {msg}", file=sys.stderr)
+        sys.exit(1)
 
 
 def argparse_command(parse: Callable[[list[str] | None], Callable[[], int | None]]) -> Callable[..., int]:
@@ -113,11 +154,12 @@ def argparse_command(parse: Callable[[list[str] | None], Callable[[], int | None
     errors are reported in one line (status 1), Ctrl-C as `interrupted` (status 130)."""
 
     def command(argv: list[str] | None = None) -> int:
+        catch_signals()
         try:
             return parse(argv)() or 0
-        except KeyboardInterrupt:
-            print("error: interrupted; rerun the same command to go on", file=sys.stderr)
-            return 130
+        except Interrupted as e:
+            print(f"error: {e}; rerun the same command to go on", file=sys.stderr)
+            return 128 + e.signum
         except Exception as e:  # noqa: BLE001 — a user's error in one line, anything else with its traceback
             if not is_user_error(e):
                 raise

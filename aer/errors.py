@@ -10,6 +10,22 @@ class UserError(Exception):
     """An error a user can fix from its message (aer's own kinds that are no ValueError or OSError)."""
 
 
+class Refused(BaseException):
+    """A refusal raised where Hydra would swallow an Exception (its callbacks warn and go on): the command
+    must not start. aer.cli reports it in one line."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT (Ctrl-C) arrived: the command stops where it is, its files left whole, and ends with
+    status 128 + the signal's number (aer.cli)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 # Errors a user can fix from the message alone. Lightning's and OmegaConf's are named by their module, so
 # that this module imports neither.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, OSError)

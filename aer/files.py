@@ -79,8 +79,14 @@ def atomic_path(path: str | os.PathLike):
     partial file under the final name, and a full disk is reported in one line naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".partial")
+    except (PermissionError, OSError) as e:
+        if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        raise unwritable(path.parent, e, f"{path.name} goes elsewhere with the setting that names this folder "
+                                         f"(hydra.run.dir, data.cache_dir, out=, AER_HOME)") from None
     os.close(fd)
     try:
         try:
@@ -187,3 +193,45 @@ def file_lock(path: str | os.PathLike, what: str, say=None):
             return
         finally:
             os.close(fd)
+
+
+_held: dict[Path, int] = {}  # the locks this process holds until it ends (hold_lock)
+
+
+def hold_lock(path: str | os.PathLike) -> int | None:
+    """Takes an exclusive lock on `path` for as long as this process lives (the kernel drops it when the process
+    ends, however it ends), writing our pid into it; None when it is ours already, else the pid that holds it."""
+    path = Path(path)
+    if path in _held:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        return int(holder) if holder.isdigit() else -1
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[path] = fd
+    return None
+
+
+def unwritable(folder: str | os.PathLike, e: OSError, moved_by: str) -> OSError:
+    """The one-line error for a folder aer cannot write in, naming the setting that moves it."""
+    return OSError(e.errno, f"{folder}: cannot write here ({os.strerror(e.errno)}): {moved_by}")
+
+
+def writable_dir(folder: str | os.PathLike, moved_by: str) -> Path:
+    """`folder`, made if missing; an OSError naming `moved_by` (the setting that moves it) when it cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise unwritable(folder, e, moved_by) from None
+    return folder

@@ -143,6 +143,18 @@ def summarize(scores: torch.Tensor, labels: torch.Tensor) -> dict:
     }
 
 
+# below these, a split's mAP and mAUC are means over too little to compare runs by (flagged, not refused)
+MIN_CLASSES, MIN_CLIPS = 20, 100
+
+
+def too_few(prefix: str, classes_scored, clips) -> str | None:
+    """Why `prefix`/mAP and mAUC mean little (too few classes with positives, or clips), or None."""
+    if classes_scored is None or clips is None or (classes_scored >= MIN_CLASSES and clips >= MIN_CLIPS):
+        return None
+    return (f"{prefix}/mAP and {prefix}/mAUC are means over {int(classes_scored)} classes and {int(clips)} clips "
+            f"(below {MIN_CLASSES} classes or {MIN_CLIPS} clips): too few to compare runs by")
+
+
 THRESHOLD_RULES = ("f1", "precision")
 
 
@@ -239,8 +251,10 @@ class TaggingMetrics(Metric):
         return cat(self.scores), cat(self.labels)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        s = summarize(*self.collected())
-        return {k: torch.tensor(float(s[k])) for k in ("mAP", "mAUC", "dprime", "classes_scored")}
+        scores, labels = self.collected()
+        s = summarize(scores, labels)
+        return {**{k: torch.tensor(float(s[k])) for k in ("mAP", "mAUC", "dprime", "classes_scored")},
+                "clips": torch.tensor(float(len(labels)))}
 
 
 # ---- bootstrap: clips resampled with replacement, every replicate scored exactly

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from aer.files import atomic_write_text
 log = logging.getLogger(__name__)
 
 RUN_MARKERS = (".hydra", "metrics.json", "checkpoints", "tensorboard")
+TRAINED = RUN_MARKERS[2:]  # what only a training run writes: the other commands may re-use their own dirs
 # the checkpoints train.py writes: best (monitored), last (every epoch), swa (averaged), final (final mode)
 CHECKPOINTS = ("best", "last", "swa", "final")
 NO_METRICS = "no metrics.json (killed or still running)"
@@ -78,6 +80,37 @@ class Run:
         return next((Path(c) for c in cands if c is not None and Path(c).is_file()), None)
 
 
+RUN_LOCK = ".aer-run.lock"  # held by the process writing a run dir, for as long as it lives
+
+
+def claim_run_dir(run_dir: str | os.PathLike, resume: bool, data_root: str | None = None,
+                  trains: bool = True) -> Path:
+    """Makes `run_dir` this process's, before anything is written there: refused (ValueError, one line) when
+    it holds another run (unless `resume`: ckpt_path=last; for a command that does not train (`trains`
+    false), when it holds a training run), when another process is writing it, or when it lies in a data
+    folder; an OSError naming the settings that move it when it cannot be written. The lock is held until
+    the process ends."""
+    from aer.files import hold_lock, writable_dir
+
+    run_dir = Path(run_dir).absolute()
+    if data_root:
+        root = Path(data_root).expanduser().absolute()
+        if run_dir == root or root in run_dir.parents:
+            raise ValueError(f"hydra.run.dir={run_dir} is inside data.root={root}: runs never go into a data "
+                             f"folder; give the run another dir")
+    found = ", ".join(m for m in (RUN_MARKERS if trains else TRAINED) if (run_dir / m).exists())
+    if found and not resume:
+        fix = "resume it with ckpt_path=last, or give" if trains else "give this command"
+        raise ValueError(f"{run_dir} holds {'another' if trains else 'a training'} run ({found}): {fix} a new "
+                         f"hydra.run.dir")
+    writable_dir(run_dir, "run from a folder you can write, or give AER_LOG_DIR=DIR or hydra.run.dir=DIR")
+    holder = hold_lock(run_dir / RUN_LOCK)
+    if holder is not None:
+        raise ValueError(f"{run_dir}: another run (pid {holder}) is writing into it: wait for it, or give a new "
+                         f"hydra.run.dir")
+    return run_dir
+
+
 def is_run_dir(path: str | os.PathLike) -> bool:
     """Whether `path` is a training run's dir; an ensemble's output (ensemble.json beside its metrics.json,
     as experiment=best_ensemble leaves in its sweep dir) is not one."""
@@ -109,6 +142,25 @@ def _parser():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create()
+
+
+def render(value) -> str:
+    """A parsed override value back in Hydra's override syntax."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(render(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{render(v)}" for k, v in value.items()) + "}"
+    s = str(value)
+    if not s or any(c in s for c in " ,()[]{}'\"=:\\") or s.lower() in ("null", "true", "false"):
+        # Hydra's quoted strings unescape a backslash only before a quote or at the end
+        return "'" + re.sub(r"(\\+)(?='|$)", r"\1\1", s).replace("'", "\\'") + "'"
+    return s
 
 
 def parse_override(line: str, source: str = "overrides") -> tuple[str, str]:
@@ -189,7 +241,7 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
 
 
 # ---- checkpoints given as members (ensemble.py's ckpts= and sweep=, distill.*)
-def sweep_checkpoints(sweep_dir: str | Path, key: str = "sweep") -> list[Path]:
+def sweep_checkpoints(sweep_dir: str | Path, key: str = "sweep", exclude: Path | None = None) -> list[Path]:
     """The result checkpoint of every finished job under `sweep_dir`, in job order; others are skipped.
 
     Jobs are aer.runs' run dirs; a finished one has metrics.json with status ok (train.py writes it
@@ -201,7 +253,7 @@ def sweep_checkpoints(sweep_dir: str | Path, key: str = "sweep") -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{key}={root}: no such directory (expected a train.py -m sweep dir)")
     found = []
-    for run in find_runs(root):
+    for run in find_runs(root, exclude):
         if run.status != "ok":
             log.warning("sweep job %s: skipped, status %s (%s)", run.name, run.status, run.error or "no error")
             continue
@@ -217,15 +269,13 @@ def sweep_checkpoints(sweep_dir: str | Path, key: str = "sweep") -> list[Path]:
     return found
 
 
-def member_paths(ckpts, sweep: str | None, prefix: str = "") -> list[Path]:
-    """`ckpts` (in order), then the checkpoints of the sweep dir `sweep`; relative paths are taken from the
-    user's cwd. `prefix`: where the two settings live (ensemble.py's are top-level, train.py's `distill.`)."""
+def member_paths(ckpts, sweep: str | None, prefix: str = "", exclude: Path | None = None) -> list[Path]:
+    """`ckpts` (in order), then the checkpoints of the sweep dir `sweep` (but what lies in `exclude`: the
+    command's own output dir); relative paths are taken from the user's cwd. `prefix`: where the two settings
+    live (ensemble.py's are top-level, train.py's `distill.`)."""
     paths = [Path(c).expanduser().absolute().resolve() for c in ckpts or []]
     if sweep:
-        paths += sweep_checkpoints(Path(sweep).expanduser().absolute(), f"{prefix}sweep")
-    if not paths:
-        raise ValueError(f"{prefix}ckpts and {prefix}sweep are both empty: give {prefix}ckpts=[a.ckpt,b.ckpt,...] "
-                         f"and/or {prefix}sweep=DIR")
+        paths += sweep_checkpoints(Path(sweep).expanduser().absolute(), f"{prefix}sweep", exclude)
     return paths
 
 
@@ -279,7 +329,9 @@ def _cell(v):
 def summary_tables(rows: list[dict]) -> tuple[str, str]:
     """(summary.md: the swept values only, summary.csv: with the full overrides) of collect's rows."""
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    head = ["job", "swept", "status", *[c for c in ("state", "value") if any(c in r for r in rows)], *cols, "error"]
+    head = ["job", "swept", "status", *[c for c in ("state", "value") if any(c in r for r in rows)], *cols, "error",
+            *(["warnings"] if any(r.get("warnings") for r in rows) else [])]
+    rows = [{**r, "warnings": "; ".join(r.get("warnings") or [])} for r in rows]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -130,7 +130,7 @@ def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarr
     import torch
 
     from aer.checkpoint import DEFAULT_THRESHOLD
-    from aer.metrics import bootstrap_ci, decision_scores, summarize
+    from aer.metrics import bootstrap_ci, decision_scores, summarize, too_few
 
     out = Path(out_dir)
     pre = SPLIT_PREFIX[info["split"]]
@@ -149,6 +149,10 @@ def write_report(out_dir: str | os.PathLike, probs: np.ndarray, labels: np.ndarr
                                   ("mAP", "mAUC", "dprime", "classes_scored", "classes_unscored")},
                **{f"{pre}/{k}": decisions[k] for k in DECISION_KEYS}, "thresholds": thr_source,
                "clips": int(len(probs)), **info}
+    few = too_few(pre, summary["classes_scored"], len(probs))
+    metrics["warnings"] = [few] if few else []
+    if few:
+        log.warning("%s", few)
     if boot and boot.replicates:
         t0 = time.time()
         ci = bootstrap_ci(probs_t, labels_t, boot.replicates, boot.level, boot.seed)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from aer.callbacks import StopsRun
 from aer.files import atomic_write_text, write_json
+from aer.runs import parse_override, render
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,6 @@ class Dim:
 
     def override(self, value) -> str:
         return f"{self.key}={value if self.raw else render(value)}"
-
-
-def render(value) -> str:
-    """A parsed override value back in Hydra's override syntax."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(render(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{render(v)}" for k, v in value.items()) + "}"
-    s = str(value)
-    if not s or any(c in s for c in " ,()[]{}'\"=:\\") or s.lower() in ("null", "true", "false"):
-        return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return s
 
 
 def _dim(override) -> Dim:
@@ -132,14 +115,21 @@ def check_same_study(study, space: list[Dim], fixed: list[str]) -> None:
     """A study continued must be the one that was started: same search space, same fixed overrides."""
     from optuna.distributions import distribution_to_json
 
-    wanted = {"space": {d.key: distribution_to_json(d.distribution) for d in space}, "fixed": sorted(fixed)}
+    trained = [o for o in fixed if not parse_override(o)[0].lstrip("+~").startswith(LOCATION_KEYS)]
+    wanted = {"space": {d.key: distribution_to_json(d.distribution) for d in space}, "fixed": sorted(trained)}
     had = study.user_attrs.get("aer")
     if had is None:
         study.set_user_attr("aer", wanted)
-    elif had != wanted:
-        raise ValueError(f"study {study.study_name!r} was started with overrides {had['fixed']} and search space "
-                         f"{sorted(had['space'])}, not {wanted['fixed']} / {sorted(wanted['space'])}: run the "
-                         f"same command to continue it, or give a new hydra.sweeper.study_name (or hydra.sweep.dir)")
+        return
+    was = {k: v for k, v in map(parse_override, had["fixed"]) if not k.lstrip("+~").startswith(LOCATION_KEYS)}
+    now = dict(map(parse_override, wanted["fixed"]))
+    for key in sorted(set(was) | set(now) | set(had["space"]) | set(wanted["space"])):
+        before = had["space"].get(key, was.get(key, "(not set)"))
+        after = wanted["space"].get(key, now.get(key, "(not set)"))
+        if before != after:
+            raise ValueError(f"study {study.study_name!r} was started with {key}={before}, this command has "
+                             f"{key}={after}: run the same command to continue it, or give a new "
+                             f"hydra.sweeper.study_name (or hydra.sweep.dir)")
 
 
 def retry_interrupted(study) -> None:

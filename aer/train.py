@@ -10,11 +10,12 @@ import hydra
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, StochasticWeightAveraging
 
-from aer.callbacks import EMA, BestMetric, Divergence, FrozenHeap, StopsRun, Throughput
+from aer.callbacks import EMA, BestMetric, Divergence, FrozenHeap, ProgressBar, StopsRun, Throughput
 from aer.checkpoint import AtomicCheckpointIO, Checkpoint
 from aer.data.datamodule import AudioSetDataModule
 from aer.files import remove_stale_partials, write_json
 from aer.launch import ddp_launch, job_state
+from aer.metrics import too_few
 from aer.module import Tagger
 from aer.settings import TrainConfig
 from aer.timing import JobTiming
@@ -39,14 +40,26 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
     return ckpt_path
 
 
-def check_resume(path: str, dm: AudioSetDataModule) -> None:
-    """The checkpoint must be an aer one (read by the one safe loader) that held out the same clips."""
-    stored, ours = Checkpoint.load(path).held_out or {}, dm.held_out()
-    for key in stored:
-        if stored[key] != ours.get(key):
-            raise ValueError(f"ckpt_path={path}: it was trained with data.{key}={stored[key]!r}, this run has "
-                             f"data.{key}={ours.get(key)!r}; resuming would train or validate on other clips: use "
-                             f"the same data settings, or start a new run")
+def check_resume(path: str, dm: AudioSetDataModule, model: Tagger) -> None:
+    """The checkpoint must be an aer one (read by the one safe loader) of this network and its settings,
+    that trained on and held out the same clips."""
+    ckpt = Checkpoint.load(path)
+    for key in ("model", "model_kwargs", "normalize", "num_classes"):
+        theirs, ours = ckpt.hparams.get(key), model.hparams.get(key)
+        if key == "model_kwargs" and isinstance(theirs, dict):
+            changed = [k for k in theirs if theirs[k] != ours.get(k)]
+            if changed:
+                raise ValueError(f"ckpt_path={path}: it holds a {ckpt.model_name} with model.{changed[0]}="
+                                 f"{theirs[changed[0]]!r}, this run has model.{changed[0]}={ours[changed[0]]!r}: "
+                                 f"resume with the settings it was trained with, or start a new run")
+        elif theirs is not None and theirs != ours:
+            name = {"model": "model", "normalize": "data.normalize", "num_classes": "data.num_classes"}[key]
+            raise ValueError(f"ckpt_path={path}: it was trained with {name}={theirs!r}, this run has {name}={ours!r}: "
+                             f"resume with the settings it was trained with, or start a new run")
+    differs = ckpt.differs(dm)
+    if differs:
+        raise ValueError(f"ckpt_path={path}: {differs}; resuming would train or validate on other clips: use the "
+                         f"same data, or start a new run")
 
 
 def no_steps_reason(trainer: pl.Trainer, dm: AudioSetDataModule) -> str:
@@ -151,6 +164,8 @@ def build(config: TrainConfig, timing: JobTiming | None = None) -> tuple:
     if config.ema.enabled:  # validated and checkpointed with the averaged weights, which the model holds after fit
         callbacks.append(EMA(config.ema.decay, config.ema.start_step))
     callbacks += [*ours.values(), FrozenHeap(), timing]
+    if trainer_kwargs.get("enable_progress_bar", True):
+        callbacks.append(ProgressBar())
     ckpt_io = AtomicCheckpointIO(background=True)  # written while training goes on
     ours.update(last=last[0] if last else None, checkpoint_io=ckpt_io)
     trainer: pl.Trainer = hydra.utils.instantiate(trainer_kwargs, callbacks=callbacks,
@@ -203,7 +218,7 @@ def _run(config: TrainConfig, timing: JobTiming) -> dict:
         remove_stale_partials(folder)
     ckpt_path = resolve_ckpt_path(config.ckpt_path, Path(ckpt_cb.dirpath))
     if ckpt_path:
-        check_resume(ckpt_path, dm)
+        check_resume(ckpt_path, dm, model)
     with ddp_launch(trainer):
         timing.fit(trainer, model, datamodule=dm, ckpt_path=ckpt_path)
     timing.push("finish")
@@ -226,6 +241,9 @@ def _run(config: TrainConfig, timing: JobTiming) -> dict:
     if not final and (config.swa.enabled or trainer.limit_val_batches and (resumed_finished or skipped)):
         if resumed_finished:
             log.info("the checkpoint had finished training (epoch %d): validating its weights", trainer.current_epoch)
+            last = {"train/loss_epoch": ours["divergence"].epoch_losses, "train/clips_per_s_epoch":
+                    ours["throughput"].epoch_rates}  # its last epoch's, as a run that ends there reports them
+            metrics.update({k: v[-1] for k, v in last.items() if v})
         elif skipped:
             log.info("fit did not validate the last epoch (%d; trainer.check_val_every_n_epoch=%d): validating the "
                      "final weights", trainer.current_epoch, trainer.check_val_every_n_epoch)
@@ -238,9 +256,14 @@ def _run(config: TrainConfig, timing: JobTiming) -> dict:
         metrics["val/mAP_best"] = ours["best"].best
     metrics["train/clips_per_s"] = ours["throughput"].clips_per_s
     stopped = next((cb.stopped for cb in trainer.callbacks if isinstance(cb, StopsRun) and cb.stopped), None)
-    diverged = None if stopped else ours["divergence"].verdict(metrics, trainer.current_epoch)
+    diverged = None if stopped else ours["divergence"].verdict(metrics, trainer.current_epoch, trainer.global_step)
+    scored = [too_few(p, metrics.get(f"{p}/classes_scored"), metrics.get(f"{p}/clips")) for p in ("val", "test")]
+    warnings = [w for w in (ours["divergence"].stalled(), *scored) if w]
+    for w in warnings:
+        log.warning("%s", w)
     result = {
         **metrics, "status": stopped or ("diverged" if diverged else "ok"), "diverged": diverged,
+        "warnings": warnings,
         "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_ckpt": best_path, "last_ckpt": last_path,
         "seconds": round(time.time() - t0, 2),

@@ -24,6 +24,8 @@ SHARED = ROOT.parent / "shared" / "data" / "audioset"
 REAL_SKIP = f"the real AudioSet bal_train split is not at {SHARED} (it lives in ../shared beside the checkout)"
 
 TINY = 600  # clips in the tests' demo set: a few seconds end to end
+# its id-keyed dev split (data.split_seed=0, data.val_fraction=0.2): clips held out, clips trained on
+DEV_VAL, DEV_TRAIN = 113, 487
 
 
 def pytest_configure(config) -> None:

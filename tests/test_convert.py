@@ -185,8 +185,6 @@ def test_other_num_classes_is_not_fresh(small, tmp_path):
 
 
 def test_bad_arguments_are_clear(small, tmp_path, capsys):
-    with pytest.raises(ValueError, match="on_bad_record='ignore': expected one of error, skip"):
-        convert(small, tmp_path / "o.h5", on_bad_record="ignore")
     with pytest.raises(FileNotFoundError, match="no such directory"):
         convert(tmp_path / "nope", tmp_path / "o.h5")
     (tmp_path / "empty").mkdir()
@@ -269,3 +267,16 @@ def test_a_conversion_worker_that_dies_is_named_and_leaves_nothing(demo_root, tm
     with pytest.raises(RuntimeError, match=r"conversion worker pid \d+ died \(exit code 7\) reading \S+\.tfrecord"):
         convert(demo_root / "bal_train", out, workers=2, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_not_a_cache_is_never_replaced(small, tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my notes\n")
+    with pytest.raises(FileExistsError, match="precious.txt: exists and is not an HDF5 cache"):
+        convert(small, precious)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(FileExistsError, match="other.h5: exists and is an HDF5 file aer did not write"):
+        convert(small, other)
+    assert precious.read_text() == "my notes\n" and list(h5py.File(other)) == ["x"]

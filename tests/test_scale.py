@@ -60,7 +60,8 @@ def test_train_split_all_holds_both_splits_once(unbal_root):
     dev.setup("fit")
     train, val = (set(dev.split_info(s)["video_id"]) for s in ("train", "val"))
     assert not train & val and len(train | val) == TINY + UNBAL
-    assert len(val) == round(0.2 * (TINY + UNBAL))
+    n = TINY + UNBAL
+    assert abs(len(val) - 0.2 * n) < 3 * (0.2 * 0.8 * n) ** 0.5  # binomial: a keyed hash per clip
 
 
 def test_balanced_sampling_over_both_splits(unbal_root):
@@ -84,6 +85,6 @@ def test_train_split_all_balanced_trains(unbal_root, tmp_path):
     result = run(config("train", train_overrides(unbal_root, tmp_path, "data.train_split=all", "data.balanced=true",
                                                  "trainer.max_epochs=1", "~logger")))
     assert result["status"] == "ok" and 0 < result["val/mAP"] <= 1
-    # 1000 clips, 800 of them for training, batches of 100
-    assert result["global_step"] == 8
+    # 1000 clips, about 800 of them for training, batches of 100
+    assert result["global_step"] in (8, 9)
 

@@ -171,7 +171,12 @@ def test_study_prunes_survives_a_kill_and_writes_a_best_overlay_that_reruns(demo
     assert m["val/mAP"] == pytest.approx(best.value, abs=1e-7), "the overlay trains the best trial's model again"
 
     proc = run_script("train.py", *_study_args(demo_root, sweep, 3, "seed=5"))
-    assert proc.returncode != 0 and "was started with overrides" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert last == "error: study 'fc_optuna' was started with seed=(not set), this command has seed=5: run the " \
+                   "same command to continue it, or give a new hydra.sweeper.study_name (or hydra.sweep.dir)", last
+    # where it runs is not what it trains: another thread count continues the study
+    assert run_script("train.py", *_study_args(demo_root, sweep, 3, "threads=1")).returncode == 0
 
 
 @pytest.mark.slow

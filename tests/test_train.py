@@ -196,7 +196,7 @@ def test_failed_job_is_recorded_and_sweep_goes_on(demo_root, tmp_path):
     proc = run_script("train.py", "-m", "optim.lr=0.001,-1", "trainer.max_epochs=1",
                       f"hydra.sweep.dir={tmp_path / 'sweep'}",
                       *[o for o in overrides if not o.startswith("trainer.max_epochs")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1 and "error: 1 of 2 jobs failed" in proc.stderr, proc.stderr[-3000:]
     ok, bad = _metrics(tmp_path / "sweep" / "0"), _metrics(tmp_path / "sweep" / "1")
     assert ok["status"] == "ok" and ok["val/mAP"] > 0
     assert bad["status"] == "failed" and "optim.lr=-1" in bad["error"]

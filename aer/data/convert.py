@@ -12,7 +12,6 @@ import pickle
 import signal
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,14 +24,12 @@ from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, RecordError, pa
 from aer.data.tfrecord import ShardError, scan_records
 from aer.errors import first_line
 from aer.files import disk_full, file_lock, is_disk_full
-from aer.settings import OnBadRecord
 
 log = logging.getLogger(__name__)
 
 # 2: per-chunk fletcher32 checksums on every dataset, fixed-length video ids, a clip count to check
 FORMAT_VERSION = 2
 VIDEO_ID_BYTES = 32  # YouTube ids are 11 characters; fixed-length strings are what HDF5 can checksum
-ON_BAD = typing.get_args(OnBadRecord)
 _WRITE_ROWS = 4096  # rows buffered between HDF5 writes: a few shards' worth, bounded whatever the split size
 DATASETS = ("features", "lengths", "labels", "video_id", "start_time", "end_time")
 
@@ -343,8 +340,8 @@ def _results(shards: list[Path], workers: int, on_bad_record: str, num_classes: 
     workers = max(1, min(workers, len(groups)))
     procs, conns = [], []
     try:
-        # Ctrl-C is held back while the workers start, so that each one started is one we stop below.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # Ctrl-C and SIGTERM are held back while the workers start, so that each one started is one we stop below.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             for _ in range(workers):
                 ours, theirs = ctx.Pipe()
@@ -388,30 +385,46 @@ def partial_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-def _check_args(src: Path, out: Path, workers) -> None:
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers={workers!r}: expected a positive integer")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of every HDF5 file, a damaged cache's too
+
+
+def _check_paths(src: Path, out: Path, own_folder: bool) -> None:
     src_r, out_r = src.resolve(), out.resolve()
     if out_r == src_r or src_r in out_r.parents:
         raise ValueError(f"{out}: is inside the shard folder {src}; write the cache elsewhere "
                          f"(aer never writes into a data folder it did not make)")
     if out.is_dir():
         raise IsADirectoryError(f"{out}: is a directory, expected the path of an .h5 file to write")
+    if out.is_file():
+        with open(out, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+        if own_folder:  # a data module's cache folder: whatever lies at its cache path is a damaged cache
+            return
+        if head != HDF5_SIGNATURE:
+            raise FileExistsError(f"{out}: exists and is not an HDF5 cache (it starts with {head[:8]!r}): convert "
+                                  f"replaces only its own caches; give another path")
+        try:
+            with h5py.File(out, "r") as f:
+                foreign = "fingerprint" not in f.attrs
+        except OSError:  # damaged: an aer cache that a kill or a full disk cut short is rebuilt
+            foreign = False
+        if foreign:
+            raise FileExistsError(f"{out}: exists and is an HDF5 file aer did not write (no cache attributes): "
+                                  f"convert replaces only its own caches; give another path")
 
 
 def convert(src_dir: str | os.PathLike, out: str | os.PathLike, *, workers: int = 1,
             on_bad_record: str = "error", num_classes: int = NUM_CLASSES, force: bool = False,
-            progress: bool | None = None) -> ConvertSummary:
+            progress: bool | None = None, own_folder: bool = False) -> ConvertSummary:
     """Converts every shard of `src_dir` into `out` (HDF5), unless `out` already matches them.
 
     The file is built under a temporary name and renamed into place only when complete, so a
-    killed or failed run leaves either nothing or the previous valid file at `out`.
+    killed or failed run leaves either nothing or the previous valid file at `out`. A file at `out` that is
+    not an aer cache is refused, unless `out` lies in a folder of aer's own caches (`own_folder`).
     """
-    if on_bad_record not in ON_BAD:
-        raise ValueError(f"on_bad_record={on_bad_record!r}: expected one of {', '.join(ON_BAD)}")
     t0 = time.perf_counter()
     src, out = Path(src_dir), Path(out)
-    _check_args(src, out, workers)
+    _check_paths(src, out, own_folder)
     shards = list_shards(src)
     fp = fingerprint(shards)
     # Two processes converting the same split (two sweeps starting at once) take turns.

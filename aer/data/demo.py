@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import shutil
 import string
@@ -24,7 +25,9 @@ import numpy as np
 from aer.data.ontology import ONTOLOGY_FILE
 from aer.data.records import EMBED_DIM, MAX_FRAMES, NUM_CLASSES, Clip, serialize_clip
 from aer.data.tfrecord import write_records
-from aer.files import atomic_write_text, remove_stale_partials
+from aer.files import atomic_write_text, file_lock, remove_stale_partials, writable_dir
+
+log = logging.getLogger(__name__)
 
 _ID_CHARS = np.array(list(string.ascii_letters + string.digits + "-_"))
 TRANSIENT_EVERY = 4  # every 4th class is transient
@@ -173,16 +176,19 @@ def ensure_demo(out_dir: str | os.PathLike, clips: int, eval_clips: int | None, 
     before demo sets had an ontology.json gets one."""
     out = Path(out_dir)
     want = {"clips": clips, "eval_clips": clips // 2 if eval_clips is None else eval_clips, "seed": seed}
+    if _read_marker(out) is None:  # jobs making the same set at once take turns: one builds, the others find it
+        writable_dir(out.parent, "set AER_DATA_DIR or AER_HOME (or data.root) to a folder you can write")
+        with file_lock(out.with_name(f".{out.name}.lock"), f"making the demo set {out}", say=log.info):
+            if _read_marker(out) is None:
+                generate(out, clips, want["eval_clips"], seed)
+                return True
     have = _read_marker(out)
-    if have is not None:
-        if all(have.get(k) == v for k, v in want.items()):
-            if not (out / ONTOLOGY_FILE).exists():
-                write_demo_ontology(out, int(have.get("num_classes", NUM_CLASSES)))
-            return False
+    if not all(have.get(k) == v for k, v in want.items()):
         raise FileExistsError(f"{out_dir} holds a demo set made with {have}, not {want}; "
                               f"pick another data.root or delete it")
-    generate(out, clips, want["eval_clips"], seed)
-    return True
+    if not (out / ONTOLOGY_FILE).exists():
+        write_demo_ontology(out, int(have.get("num_classes", NUM_CLASSES)))
+    return False
 
 
 def is_demo(root: str | os.PathLike) -> bool:

@@ -92,6 +92,7 @@ class AerOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from aer import search
+        from aer.errors import Refused
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,10 @@ class AerOptunaSweeper(Sweeper):
         if not space:
             raise ValueError("hydra.sweeper.params is empty: an Optuna sweep needs a search space")
         study = self._open_study(sweep_dir)
-        search.check_same_study(study, space, fixed)
+        try:
+            search.check_same_study(study, space, fixed)
+        except ValueError as e:  # a refusal: one line, whatever HYDRA_FULL_ERROR says
+            raise Refused(str(e)) from None
         search.retry_interrupted(study)
         choices = OmegaConf.to_container(self.config.hydra.runtime.choices)
         distributions = {d.key: d.distribution for d in space}
