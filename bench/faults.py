@@ -1,7 +1,7 @@
 """Fault soak: random kills of conversion (2 workers) and training on demo data, then the same command again.
 
     python bench/faults.py [--seconds 120] [--seed 0] [--workdir /tmp/aer-faults] [--clips 60000]
-                           [--signals KILL[,TERM,INT]] [--scenarios convert,train]
+                           [--signals KILL[,TERM,INT]] [--scenarios convert,train,sweep,concurrent]
 
 Once: a demo set (`python -m aer.data demo`, kept in WORKDIR for the next soak), a reference
 conversion and an unkilled reference training run, each timed. Then, until --seconds have passed
@@ -11,7 +11,11 @@ conversion and an unkilled reference training run, each timed. Then, until --sec
   random delay within the reference conversion's wall time;
 - train: `train.py ... data.convert_workers=2 trainer.max_epochs=3 ckpt_path=last hydra.run.dir=RUN`,
   signalled at a random moment of the reference run's duration, or during its conversion, or the
-  moment a checkpoint write's temporary file appears (one of the three at random).
+  moment a checkpoint write's temporary file appears (one of the three at random);
+- sweep: `train.py -m seed=1,2 ... hydra.sweep.dir=SWEEP`, signalled at a random moment; a sweep
+  is not resumed, so the same command runs again into a new sweep dir;
+- concurrent: two `train` commands started at once into the same run dir, not signalled: one must
+  train, the other be refused in one line (exit 1), and the run dir hold the one run.
 
 Each victim starts a session of its own, so whatever is still in its process group once it died
 is a leftover process: counted, left alive for the re-run (as a user's machine would have it),
@@ -25,7 +29,9 @@ group (a terminal's Ctrl-C). Then the same command runs again, unkilled:
   conversion's arrays; metrics.json says `ok`, the epochs asked for, and a val/mAP within 1e-3 of
   the reference run's (a resumed run ends where an unkilled one ends); checkpoints/{last,best}.ckpt
   load with torch.load(weights_only=True);
-- lost/corrupt: it exits 0 but an output is missing or differs (the silent failure).
+- lost/corrupt: it exits 0 but an output is missing or differs (the silent failure);
+- wrong exit code: a victim that TERM or INT stopped did not exit with 128 + the signal, or left no
+  metrics.json saying `interrupted` (a sweep: and no summary.md).
 
 Counted in the run's folder at the end: temporary files (`*.partial`, `.*.partial`) and `.lock`
 files. A run that hung or failed gets one more try after its leftovers are killed ("ok after
@@ -166,8 +172,12 @@ class Ctx:
     normal: dict = field(default_factory=dict)       # scenario -> reference wall seconds
     ref_map: float = float("nan")
 
+    def duration(self, scenario: str) -> float:
+        """The scenario's unkilled wall time: measured for convert and train; a sweep is two trainings."""
+        return self.normal[scenario] if scenario in self.normal else 2 * self.normal["train"]
+
     def timeout(self, scenario: str) -> float:
-        return max(self.args.hang_factor * self.normal[scenario], 10.0)
+        return max(self.args.hang_factor * self.duration(scenario), 10.0)
 
 
 def convert_cmd(ctx: Ctx, d: Path) -> list[str]:
@@ -175,15 +185,27 @@ def convert_cmd(ctx: Ctx, d: Path) -> list[str]:
             "--workers", "2"]
 
 
-def train_cmd(ctx: Ctx, d: Path) -> list[str]:
+def _train_args(ctx: Ctx, d: Path) -> list[str]:
     a = ctx.args
-    return [sys.executable, str(ROOT / "train.py"), f"data.root={ctx.demo}", f"data.demo.clips={a.clips}",
-            f"data.cache_dir={d / 'cache'}", "data.convert_workers=2", f"data.batch_size={a.batch_size}",
-            f"trainer.max_epochs={a.epochs}", "ckpt_path=last", f"hydra.run.dir={d / 'run'}", f"paths.log_dir={d}",
-            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", f"threads={a.threads}"]
+    return [f"data.root={ctx.demo}", f"data.demo.clips={a.clips}", f"data.cache_dir={d / 'cache'}",
+            "data.convert_workers=2", f"data.batch_size={a.batch_size}", f"trainer.max_epochs={a.epochs}",
+            f"paths.log_dir={d}", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+            f"threads={a.threads}"]
 
 
-COMMANDS = {"convert": convert_cmd, "train": train_cmd}
+def train_cmd(ctx: Ctx, d: Path, again: bool = False) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *_train_args(ctx, d), "ckpt_path=last",
+            f"hydra.run.dir={d / 'run'}"]
+
+
+def sweep_cmd(ctx: Ctx, d: Path, again: bool = False) -> list[str]:
+    """A two-job sweep; run again, into a new sweep dir (a sweep dir that holds runs is refused)."""
+    return [sys.executable, str(ROOT / "train.py"), "-m", "seed=1,2", *_train_args(ctx, d),
+            f"hydra.sweep.dir={d / ('sweep2' if again else 'sweep')}"]
+
+
+COMMANDS = {"convert": lambda ctx, d, again=False: convert_cmd(ctx, d), "train": train_cmd, "sweep": sweep_cmd,
+            "concurrent": train_cmd}
 
 
 def check_cache(path: Path, ref: dict) -> list[str]:
@@ -225,16 +247,56 @@ def check_train(ctx: Ctx, d: Path) -> list[str]:
     return problems
 
 
+def check_sweep(ctx: Ctx, d: Path) -> list[str]:
+    """The re-run sweep's jobs: both finished, their epochs, their checkpoints loadable."""
+    import torch
+
+    problems = []
+    for job in ("0", "1"):
+        run = d / "sweep2" / job
+        try:
+            m = json.loads((run / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            problems.append(f"job {job}: metrics.json: {e}")
+            continue
+        if m.get("status") != "ok" or m.get("epochs") != ctx.args.epochs:
+            problems.append(f"job {job}: status {m.get('status')}, epochs {m.get('epochs')}")
+        try:
+            torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 — any failure to load is what is counted
+            problems.append(f"job {job}: last.ckpt: {type(e).__name__}")
+    return problems
+
+
 def check(ctx: Ctx, scenario: str, d: Path) -> list[str]:
-    return check_cache(d / "out.h5", ctx.ref) if scenario == "convert" else check_train(ctx, d)
+    if scenario == "convert":
+        return check_cache(d / "out.h5", ctx.ref)
+    return check_sweep(ctx, d) if scenario == "sweep" else check_train(ctx, d)
+
+
+def interrupted_record(scenario: str, d: Path, sig: signal.Signals, rc: int | None) -> str:
+    """What is wrong with how a TERM/INT victim ended (its exit status, its records), or ''."""
+    if sig == signal.SIGKILL or scenario == "convert" and rc == 128 + sig:
+        return ""
+    if rc != 128 + sig:
+        return f"exit {rc}, expected {128 + sig}"
+    if scenario == "convert":
+        return ""
+    where = d / "run" if scenario == "train" else d / "sweep"
+    records = [json.loads(p.read_text()) for p in where.rglob("metrics.json")] if where.is_dir() else []
+    if not any(r.get("status") == "interrupted" for r in records) and (where / "checkpoints").is_dir():
+        return "no metrics.json saying interrupted"
+    if scenario == "sweep" and records and not (where / "summary.md").is_file():
+        return "no summary.md"
+    return ""
 
 
 def moment(ctx: Ctx, g: Group, scenario: str, d: Path) -> str:
     """Blocks until the moment to signal the victim; says which moment it was."""
-    phase = "any" if scenario == "convert" else ctx.rng.choice(PHASES)
+    phase = ctx.rng.choice(PHASES) if scenario == "train" else "any"
     t0 = time.monotonic()
     if phase == "any":
-        delay = ctx.rng.uniform(0, ctx.normal[scenario])
+        delay = ctx.rng.uniform(0, ctx.duration(scenario))
     else:  # wait for the phase's temporary file: the cache being built, or a checkpoint being written
         where = d / "cache" if phase == "convert" else d / "run" / "checkpoints"
         while g.proc.poll() is None and time.monotonic() - t0 < ctx.timeout(scenario):
@@ -270,6 +332,7 @@ class Outcome:
     hang: str = ""          # what hung, if anything
     leftover: int = 0       # processes left in the victim's (or the re-run's) group
     rc: int | None = None   # the re-run's exit status (None: it hung)
+    exit_wrong: str = ""    # how the victim's end told a lie (its exit status, its records)
     problems: list[str] = field(default_factory=list)
     temp: int = 0
     locks: int = 0
@@ -281,12 +344,15 @@ class Outcome:
             return "hang"
         if self.rc != 0:
             return "failed"
+        if self.exit_wrong:
+            return "wrong exit"
         return "lost/corrupt" if self.problems else "recovered"
 
     def line(self, i: int) -> str:
         what = f"signalled {self.moment}" if self.killed else f"ended before the signal ({self.moment})"
         extra = [f"{self.leftover} leftover processes" if self.leftover else "",
                  f"hung: {self.hang}" if self.hang else "", f"exit {self.rc}" if self.rc not in (0, None) else "",
+                 f"victim: {self.exit_wrong}" if self.exit_wrong else "",
                  "; ".join(self.problems), f"{self.temp} temp files" if self.temp else "",
                  f"{self.locks} lock files" if self.locks else "",
                  "" if self.after_cleanup is None else f"after cleanup: {'ok' if self.after_cleanup else 'still not'}"]
@@ -294,7 +360,7 @@ class Outcome:
 
 
 def rerun(ctx: Ctx, scenario: str, d: Path, log: str) -> tuple[Group, str]:
-    g = launch(COMMANDS[scenario](ctx, d), d / log)
+    g = launch(COMMANDS[scenario](ctx, d, again=True), d / log)
     how = wait(g, ctx.timeout(scenario), ctx.args.stall)
     return g, how
 
@@ -302,11 +368,15 @@ def rerun(ctx: Ctx, scenario: str, d: Path, log: str) -> tuple[Group, str]:
 def soak_one(ctx: Ctx, d: Path, scenario: str, sig: signal.Signals) -> Outcome:
     """One victim signalled at a random moment, the same command again, its outputs checked."""
     name = scenario.split("/")[0]
+    if name == "concurrent":
+        return concurrent(ctx, d)
     o = Outcome(scenario)
     victim = launch(COMMANDS[name](ctx, d), d / "victim.log")
     o.moment = moment(ctx, victim, name, d)
     o.killed, hung = strike(ctx, victim, sig, name)
     o.hang = f"the victim ignored {sig.name} for {ctx.timeout(name):.0f} s" if hung else ""
+    if o.killed and not hung:
+        o.exit_wrong = interrupted_record(name, d, sig, victim.proc.returncode)
     o.leftover = len(victim.settle())
     again, how = rerun(ctx, name, d, "rerun.log")  # with the victim's leftovers still alive, as a user would
     if how != "exit":
@@ -323,7 +393,31 @@ def soak_one(ctx: Ctx, d: Path, scenario: str, sig: signal.Signals) -> Outcome:
         o.after_cleanup = how == "exit" and last.proc.returncode == 0 and not check(ctx, name, d)
         finish(last)
     o.temp = sum(1 for p in d.rglob("*.partial"))  # pathlib's * matches dot-files too
-    o.locks = sum(1 for p in d.rglob("*.lock"))
+    o.locks = sum(1 for p in d.rglob("*.lock") if p.name != ".aer-run.lock")  # a run dir's own lock file stays
+    return o
+
+
+def concurrent(ctx: Ctx, d: Path) -> Outcome:
+    """Two identical training commands into one run dir at once: one trains, the other is refused."""
+    o = Outcome("concurrent", moment="started together")
+    pair = [launch(train_cmd(ctx, d), d / f"run{i}.log") for i in (0, 1)]
+    ends = [wait(g, ctx.timeout("train"), ctx.args.stall) for g in pair]
+    if any(e != "exit" for e in ends):
+        o.hang = "a run of the pair did not end"
+    else:
+        codes = sorted(g.proc.returncode for g in pair)
+        o.rc = 0 if codes == [0, 1] else codes[-1] or codes[0]
+        refused = [d / f"run{i}.log" for i, g in enumerate(pair) if g.proc.returncode == 1]
+        last = refused[0].read_text(errors="replace").strip().splitlines()[-1:] if refused else []
+        if o.rc == 0 and not (last and last[0].startswith("error: ") and str(d / "run") in last[0]):
+            o.exit_wrong = f"the refused run said {last}"
+        if o.rc == 0:
+            o.problems = check_train(ctx, d)
+    for g in pair:
+        o.leftover += len(g.settle())
+    finish(*pair)
+    o.temp = sum(1 for p in d.rglob("*.partial"))
+    o.locks = sum(1 for p in d.rglob("*.lock") if p.name != ".aer-run.lock")  # a run dir's own lock file stays
     return o
 
 
@@ -374,7 +468,7 @@ def setup(args: argparse.Namespace) -> Ctx:
     (work / WORK_MARKER).touch()
     ctx = Ctx(args, work, ensure_demo(work, args.clips), random.Random(args.seed))
     ctx.ref = load_split(reference(ctx, "convert") / "out.h5")
-    if "train" in args.scenarios:
+    if {"train", "sweep", "concurrent"} & set(args.scenarios):
         d = reference(ctx, "train")
         if problems := check_cache(d / "cache" / "bal_train.h5", ctx.ref):
             raise SystemExit(f"the reference training run's cache is not the reference conversion: {problems}")
@@ -387,14 +481,14 @@ def setup(args: argparse.Namespace) -> Ctx:
 
 # ---- the soak
 
-COLUMNS = ("runs", "killed", "recovered", "hangs", "failed", "leftover procs", "lost/corrupt", "temp files",
-           "lock files", "ok after cleanup")
+COLUMNS = ("runs", "killed", "recovered", "hangs", "failed", "wrong exits", "leftover procs", "lost/corrupt",
+           "temp files", "lock files", "ok after cleanup")
 
 
 def _row(outs: list[Outcome]) -> list[str]:
     retried = [o for o in outs if o.after_cleanup is not None]
     return [str(len(outs)), str(sum(o.killed for o in outs)),
-            *(str(sum(o.result == r for o in outs)) for r in ("recovered", "hang", "failed")),
+            *(str(sum(o.result == r for o in outs)) for r in ("recovered", "hang", "failed", "wrong exit")),
             str(sum(o.leftover for o in outs)), str(sum(o.result == "lost/corrupt" for o in outs)),
             str(sum(o.temp for o in outs)), str(sum(o.locks for o in outs)),
             f"{sum(bool(o.after_cleanup) for o in retried)}/{len(retried)}"]
@@ -410,14 +504,17 @@ def summary(outs: list[Outcome]) -> None:
     n = len(outs)
     rec, lost = sum(o.result == "recovered" for o in outs), sum(o.result == "lost/corrupt" for o in outs)
     hangs = sum(o.result == "hang" for o in outs)
-    met = n and rec == n and not hangs and not lost
-    print(f"runs recovered {rec}/{n}, outputs lost or corrupt {lost}, hangs {hangs}, leftover processes "
-          f"{sum(o.leftover for o in outs)} (target: all recovered, 0 lost, 0 hangs: {'MET' if met else 'MISSED'})")
+    wrong = sum(o.result == "wrong exit" for o in outs)
+    met = n and rec == n and not hangs and not lost and not wrong
+    print(f"runs recovered {rec}/{n}, outputs lost or corrupt {lost}, hangs {hangs}, wrong exit codes {wrong}, "
+          f"leftover processes {sum(o.leftover for o in outs)} (target: all recovered, 0 lost, 0 hangs, 0 wrong exit "
+          f"codes: {'MET' if met else 'MISSED'})")
 
 
 def soak(ctx: Ctx, outs: list[Outcome]) -> None:
     a = ctx.args
-    kinds = [f"{s}/{sig}" for s in a.scenarios for sig in a.signals]
+    kinds = [f"{s}/{sig}" for s in a.scenarios for sig in a.signals if s != "concurrent"]
+    kinds += ["concurrent"] * ("concurrent" in a.scenarios)
     soak_dir = ctx.work / "soak"
     for old in (soak_dir, ctx.work / "logs"):  # a previous soak's
         shutil.rmtree(old, ignore_errors=True)
@@ -427,7 +524,7 @@ def soak(ctx: Ctx, outs: list[Outcome]) -> None:
         kind = ctx.rng.choice(kinds)
         d = soak_dir / f"{len(outs):03d}"
         d.mkdir(parents=True)
-        o = soak_one(ctx, d, kind, signal.Signals[f"SIG{kind.split('/')[1]}"])
+        o = soak_one(ctx, d, kind, signal.Signals[f"SIG{kind.split('/')[1]}"] if "/" in kind else signal.SIGKILL)
         outs.append(o)
         print(o.line(len(outs) - 1), flush=True)
         if o.result != "recovered":
@@ -444,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", default="/tmp/aer-faults", help="demo set, references, runs (never in ../shared)")
     ap.add_argument("--clips", type=int, default=60_000,
                     help="demo clips: 60,000 take ~1.3 s to convert with 2 workers on an idle 2-core box")
-    ap.add_argument("--scenarios", default="convert,train", type=lambda s: s.split(","))
+    ap.add_argument("--scenarios", default="convert,train,sweep,concurrent", type=lambda s: s.split(","))
     ap.add_argument("--signals", default="KILL", type=lambda s: s.upper().split(","), help="KILL,TERM,INT")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=500)
