@@ -169,12 +169,8 @@ def file_lock(path: str | os.PathLike, what: str, say=None):
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            holder = _try_lock(fd)
+            if holder is not None:
                 say(f"waiting for pid {holder}, which holds {path} ({what})")
                 fcntl.lockf(fd, fcntl.LOCK_EX)
             # The holder before us may have removed the file on release: then we lock a ghost; retry.
@@ -184,8 +180,7 @@ def file_lock(path: str | os.PathLike, what: str, say=None):
                 same = False
             if not same:
                 continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _claim(fd)
             try:
                 yield
             finally:
@@ -193,6 +188,23 @@ def file_lock(path: str | os.PathLike, what: str, say=None):
             return
         finally:
             os.close(fd)
+
+
+def _try_lock(fd: int) -> str | None:
+    """Locks `fd` if nobody holds it (None), else the pid its holder wrote into it ('?' if none yet)."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    return None
+
+
+def _claim(fd: int) -> None:
+    """Writes our pid into a lock file we hold."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 _held: dict[Path, int] = {}  # the locks this process holds until it ends (hold_lock)
@@ -206,16 +218,11 @@ def hold_lock(path: str | os.PathLike) -> int | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EAGAIN):
-            raise
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    holder = _try_lock(fd)
+    if holder is not None:
         os.close(fd)
         return int(holder) if holder.isdigit() else -1
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _claim(fd)
     _held[path] = fd
     return None
 

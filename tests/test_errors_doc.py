@@ -232,6 +232,7 @@ def _shown(text: str, tmp: Path, demo: Path, run: Path, dev: Path) -> str:
     text = text.replace(str(tmp / "study"), "<study>").replace(str(tmp), "<tmp>")
     text = text.replace(str(demo), "<demo>").replace(str(run), "<run>")
     text = text.replace(str(ROOT), ".")
+    text = re.sub(r"\S*/release-[0-9a-f]{12}", "$AER_HOME/release-<hash>", text)  # the hash is of the tmp path
     return re.sub(r"pytest-of-\w+/pytest-\d+/\w+?\d*/", "", text)
 
 
