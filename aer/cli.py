@@ -56,6 +56,7 @@ def job(run: Callable, name: str, cfg) -> dict | None:
 
     try:
         result = run(build(name, cfg))
+        check_signalled()
     except Interrupted as e:  # the job, and a multirun with it, stop here; aer.cli.boundary sets the status
         write_json(record, {"status": "interrupted", "error": str(e), "overrides": list(hc.overrides.task)})
         if hc.mode == RunMode.MULTIRUN:
@@ -99,8 +100,19 @@ def _hydra(name: str) -> Callable[[], None]:
     return command
 
 
+_signalled: list[int] = []  # the signals received: a raise from the handler is lost where it lands in a finalizer
+
+
 def _interrupt(signum: int, frame) -> None:
+    _signalled.append(signum)
     raise Interrupted(signum)
+
+
+def check_signalled() -> None:
+    """Raises Interrupted for a signal whose handler's raise was swallowed (it landed in a finalizer or a
+    weakref callback, where Python only prints it): the work went on, but the command still ends as interrupted."""
+    if _signalled:
+        raise Interrupted(_signalled[0])
 
 
 def catch_signals() -> None:
@@ -130,6 +142,7 @@ def boundary(main: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+        check_signalled()
     except Interrupted as e:
         interrupted(e)
     except Refused as e:
@@ -156,7 +169,9 @@ def argparse_command(parse: Callable[[list[str] | None], Callable[[], int | None
     def command(argv: list[str] | None = None) -> int:
         catch_signals()
         try:
-            return parse(argv)() or 0
+            status = parse(argv)() or 0
+            check_signalled()
+            return status
         except Interrupted as e:
             print(f"error: {e}; rerun the same command to go on", file=sys.stderr)
             return 128 + e.signum

@@ -136,3 +136,25 @@ def test_every_commands_help(argv, tmp_path):
                           timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert ("powered by Hydra" in proc.stdout) != ("usage:" in proc.stdout), proc.stdout[:500]
+
+
+def test_a_signal_whose_raise_a_finalizer_swallowed_still_ends_the_command_as_interrupted(monkeypatch, capsys):
+    import signal
+
+    import aer.cli
+
+    monkeypatch.setattr(aer.cli, "_signalled", [])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    class Finalized:
+        def __del__(self):  # where a signal can land: Python prints the handler's raise and goes on
+            aer.cli._interrupt(signal.SIGTERM, None)
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            boundary(lambda: Finalized())
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert e.value.code == 128 + signal.SIGTERM
+    assert "error: interrupted by SIGTERM" in capsys.readouterr().err
