@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from aer.checkpoint import Checkpoint
+from aer.runs import render
 from conftest import ROOT, TINY, config, run_script, train_overrides
 
 
@@ -108,6 +109,21 @@ def test_a_failed_ensemble_step_fails_the_command(demo_root, tmp_path):
                    "+hydra.callbacks.ensemble._target_=aer.sweep.EnsembleSweep",
                    "+hydra.callbacks.ensemble.select=greedy", "+hydra.callbacks.ensemble.replicates=-1")
     assert r.returncode == 1 and "error: the ensemble of sweep" in r.stderr and "bootstrap.replicates=-1" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_dir_with_commas_spaces_quotes_and_unicode_works_in_every_step(demo_root, tmp_path):
+    sweep = tmp_path / "sweep, it's \"ü\" 1"
+    args = [a for a in train_overrides(demo_root, tmp_path, "trainer.max_epochs=1") if not a.startswith("paths.")]
+    r = run_script("train.py", "-m", *args, "seed=1,2", f"hydra.sweep.dir={render(str(sweep))}",
+                   "+hydra.callbacks.ensemble._target_=aer.sweep.EnsembleSweep",
+                   "+hydra.callbacks.ensemble.select=none", "+hydra.callbacks.ensemble.replicates=0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((sweep / "ensemble" / "metrics.json").read_text())["status"] == "ok"
+    ckpt = sweep / "0" / "checkpoints" / "best.ckpt"
+    r = run_script("evaluate.py", f"ckpt={render(str(ckpt))}", "split=val",
+                   f"hydra.run.dir={render(str(sweep / 'ev'))}")
+    assert r.returncode == 0 and (sweep / "ev" / "metrics.json").exists(), r.stderr[-2000:]
 
 
 def test_resuming_on_other_data_is_refused_by_its_split(demo_root, trained_run, tmp_path):
