@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +32,8 @@ DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"
 # Hydra overrides that belong to the sweep, not to the job a DDP rank re-runs
 _SWEEP_OVERRIDES = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.job.name", "hydra.output_subdir",
                     "hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.")
+# The pid of the process running a multirun (set by aer.sweep.RunDirGuard), for jobs in worker processes of it
+SWEEP_PID = "AER_SWEEP_PID"
 _VALUE_FLAGS = ("-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir")
 
 
@@ -129,3 +134,24 @@ def job_state(threads: int | None) -> Iterator[None]:
                 os.environ[k] = v
         torch.set_num_threads(num_threads)
         _jobs_done += 1
+
+
+_watched: list[int] = []
+
+
+def end_with_sweep() -> None:
+    """A sweep's job in a worker process that the sweep's process started (joblib's loky workers,
+    submitit_local): the worker is killed as soon as the sweep's process is gone (a SIGKILL of the sweep
+    leaves no job training on as an orphan). Jobs on other machines (SLURM) and in the sweep's own process
+    are left alone."""
+    parent = int(os.environ.get(SWEEP_PID, "0"))
+    if not parent or parent == os.getpid() or os.getppid() != parent or _watched:
+        return
+    _watched.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="aer-end-with-sweep", daemon=True).start()
