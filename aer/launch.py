@@ -13,6 +13,7 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -139,14 +140,26 @@ def job_state(threads: int | None) -> Iterator[None]:
 _watched: list[int] = []
 
 
+def sweep_process() -> str:
+    """The value of SWEEP_PID for this process: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def end_with_sweep() -> None:
     """A sweep's job in a worker process that the sweep's process started (joblib's loky workers,
-    submitit_local): the worker is killed as soon as the sweep's process is gone (a SIGKILL of the sweep
-    leaves no job training on as an orphan). Jobs on other machines (SLURM) and in the sweep's own process
-    are left alone."""
-    parent = int(os.environ.get(SWEEP_PID, "0"))
-    if not parent or parent == os.getpid() or os.getppid() != parent or _watched:
+    submitit_local): the worker is killed as soon as the sweep's process is gone, or at once when it is gone
+    already, so that a SIGKILL of the sweep leaves no job training on as an orphan. Jobs on other machines
+    (SLURM) and in the sweep's own process are left alone."""
+    host, _, pid = os.environ.get(SWEEP_PID, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid() or _watched:
         return
+    parent = int(pid)
+    if os.getppid() != parent:
+        try:
+            os.kill(parent, 0)
+            return  # not the sweep's own worker
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGKILL)  # the sweep died before this job started
     _watched.append(parent)
 
     def watch() -> None:

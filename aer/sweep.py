@@ -67,9 +67,9 @@ class RunDirGuard(Callback):
                 config.hydra.run.dir = str(claimed)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from aer.launch import SWEEP_PID
+        from aer.launch import SWEEP_PID, sweep_process
 
-        os.environ[SWEEP_PID] = str(os.getpid())  # jobs in worker processes end with this one (end_with_sweep)
+        os.environ[SWEEP_PID] = sweep_process()  # jobs in worker processes end with this one (end_with_sweep)
         sweep_dir = Path(config.hydra.sweep.dir)
         optuna = str(config.hydra.sweeper.get("_target_", "")).endswith("AerOptunaSweeper")
         if not optuna and sweep_dir.is_dir() and find_runs(sweep_dir):

@@ -114,7 +114,7 @@ def _check_study(trials, sweep: Path, n_trials: int) -> None:
     for t in trials:
         job = sweep / str(t.number)
         assert t.user_attrs["job_dir"] == str(job.resolve())
-        ran = dict(o.split("=", 1) for o in read_overrides(job) if "=" in o)
+        ran = dict(o.split("=", 1) for o in read_overrides(job / ".hydra" / "overrides.yaml") if "=" in o)
         assert float(ran["optim.lr"]) == t.params["optim.lr"] and ran["model.hidden"] == t.params["model.hidden"]
         if t.state.name in ("COMPLETE", "PRUNED"):
             m = json.loads((job / "metrics.json").read_text())
