@@ -1,5 +1,7 @@
-"""Optuna search: the search space from Hydra override syntax, the study in SQLite, pruning from
-inside a trial's training, and what a study leaves in its sweep dir (trials.json, the best overlay).
+"""Optuna search: the search space from Hydra override syntax, the study's storage (SQLite in the sweep dir, or
+a server's URL), what lets several workers share one study (a lock across them, heartbeats, a dead worker's trial
+run again), pruning from inside a trial's training, and what a study leaves in its sweep dir (trials.json, the
+best overlay).
 
 The Hydra side is the sweeper plugin in hydra_plugins/aer_optuna_sweeper (`hydra/sweeper=aer_optuna`,
 used by `hparams_search=...`). Hydra's own plugin, hydra-optuna-sweeper (1.3.0, the newest), pins
