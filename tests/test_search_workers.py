@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,7 +53,8 @@ def _pg_bin() -> Path | None:
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A PostgreSQL server of Debian's package on 127.0.0.1, for this module: its database's URL."""
+    """A PostgreSQL server of Debian's package on 127.0.0.1, for this module: a function that makes a new
+    database there and returns its URL."""
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'psycopg[binary]' (in '.[test]')")
     pg = _pg_bin()
     if pg is None:
@@ -72,9 +75,12 @@ def postgres():
     pg_run(str(pg / "initdb"), "-D", str(db), "-A", "trust", "-U", "postgres", "--no-sync")
     pg_run(str(pg / "pg_ctl"), "-D", str(db), "-l", str(home / "server.log"), "-w", "start",
            "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off")
+    def database(name: str) -> str:
+        pg_run(str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
+
     try:
-        pg_run(str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "aer")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/aer"
+        yield database
     finally:
         pg_run(str(pg / "pg_ctl"), "-D", str(db), "-m", "immediate", "-w", "stop")
         shutil.rmtree(home, ignore_errors=True)
@@ -125,7 +131,7 @@ def _check_study(trials, sweep: Path, n_trials: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_workers_share_one_study_and_a_killed_workers_trial_runs_again(backend, demo_root, tmp_path, request):
-    storage = request.getfixturevalue("postgres") if backend == "postgresql" else None
+    storage = request.getfixturevalue("postgres")("workers") if backend == "postgresql" else None
     sweep = tmp_path / "sweep"
     workers = [_popen(_args(demo_root, sweep, storage, N_TRIALS), tmp_path / f"worker{i}.log") for i in range(3)]
     killed = None
@@ -269,3 +275,53 @@ def test_a_sweep_dir_with_another_studys_runs_is_refused(demo_root, tmp_path):
                     f"sqlite:///{sweep / 'optuna.db'}: give a new hydra.sweep.dir, or the storage of that study"), last
     assert (sweep / "0" / "metrics.json").read_text() == '{"status": "ok"}\n'
     assert [t.state.name for t in _trials(sweep, None)] == ["FAIL"], "the trial asked for it did not stay RUNNING"
+
+
+@pytest.mark.slow
+def test_every_worker_tracks_into_one_mlflow_server(postgres, demo_root, tmp_path):
+    """Two workers of one study, each trial's run logged by MLflow into one tracking server (`mlflow server`, its
+    runs in PostgreSQL, artifacts proxied by the server): one run a trial, named, with its curves and checkpoints."""
+    mlflow = shutil.which("mlflow")
+    if mlflow is None or subprocess.run([mlflow, "server", "--help"], capture_output=True).returncode != 0:
+        pytest.skip("`mlflow server` needs the full mlflow package: pip install mlflow")
+    from mlflow.tracking import MlflowClient
+
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", postgres("mlflow"),
+                               "--artifacts-destination", str(tmp_path / "artifacts")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "mlflow.log", "w"),
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "mlflow.log").read_text()[-3000:]
+                time.sleep(0.5)
+        sweep = tmp_path / "sweep"
+        storage = postgres("study")
+        args = [a for a in _args(demo_root, sweep, storage, 4) if a != "~logger"]
+        args += ["logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.artifact_location=null"]
+        workers = [_popen(args, tmp_path / f"worker{i}.log") for i in range(2)]
+        codes = [w.wait(timeout=400) for w in workers]
+        assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
+        client = MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+        trials = _trials(sweep, storage)
+        by_dir = {r.data.tags["run_dir"]: r for r in runs}
+        assert sorted(by_dir) == sorted(str(sweep / str(t.number)) for t in trials), "one run a trial"
+        for t in trials:
+            run = by_dir[str(sweep / str(t.number))]
+            assert float(run.data.params["optim.lr"]) == pytest.approx(t.params["optim.lr"])
+            history = client.get_metric_history(run.info.run_id, "val/mAP")
+            # aer's loggers write an epoch's metrics at step = epochs done (1 after the first), Optuna's at epoch index
+            assert {m.step - 1: m.value for m in history} == pytest.approx(t.intermediate_values)
+            assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
