@@ -29,9 +29,9 @@ from aer.runs import parse_override, render
 log = logging.getLogger(__name__)
 
 SWEEPER = "hydra_plugins.aer_optuna_sweeper.optuna_sweeper.AerOptunaSweeper"
-# Overrides that say where a study ran, not what it trained: left out of the best overlay.
 # runs of one trial's parameters at most, when its worker keeps dying (SIGKILL, out of memory)
 MAX_ATTEMPTS = 3
+# Overrides that say where a study ran, not what it trained: left out of the best overlay.
 LOCATION_KEYS = ("paths.", "hydra.", "data.root", "data.cache_dir", "threads", "ckpt_path", "hparams_search")
 
 
@@ -143,7 +143,8 @@ def _table_names(url: str, engine_kwargs: dict | None) -> list[str]:
         engine.dispose()
 
 
-_engines: dict[str, Any] = {}
+_engines: dict[str, Any] = {}  # study_lock's, one a PostgreSQL URL
+_unlocked: set[str] = set()  # URLs study_lock has warned about
 
 
 @contextlib.contextmanager
@@ -160,10 +161,10 @@ def study_lock(url: str, study_name: str):
             yield
         return
     if u.get_backend_name() != "postgresql":
-        if url not in _engines:
+        if url not in _unlocked:
             log.warning("%s: no lock between workers for this database (SQLite and PostgreSQL have one): "
                         "several workers at once may run a few trials more than n_trials", shown(url))
-            _engines[url] = None
+            _unlocked.add(url)
         yield
         return
     if url not in _engines:

@@ -193,7 +193,7 @@ def _alive(pid: int) -> bool:
 def test_killing_a_joblib_search_leaves_no_worker_and_the_same_command_goes_on(demo_root, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[scale]' (or '.[test]')")
     sweep = tmp_path / "sweep"
-    args = _args(demo_root, sweep, None, 4, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    args = _args(demo_root, sweep, None, 2, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     parent = _popen(args, tmp_path / "first.log")
     try:
         deadline = time.time() + 300
@@ -218,7 +218,7 @@ def test_killing_a_joblib_search_leaves_no_worker_and_the_same_command_goes_on(d
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "UpdateFinishedTrialError" not in proc.stdout + proc.stderr
     trials = _trials(sweep, None)
-    _check_study(trials, sweep, 4)
+    _check_study(trials, sweep, 2)
     for number in killed:
         assert trials[number].state.name == "FAIL"
         assert [t.params for t in trials if t.user_attrs.get("retry_of") == number] == [trials[number].params]
@@ -305,7 +305,7 @@ def test_every_worker_tracks_into_one_mlflow_server(postgres, demo_root, tmp_pat
                 time.sleep(0.5)
         sweep = tmp_path / "sweep"
         storage = postgres("study")
-        args = [a for a in _args(demo_root, sweep, storage, 4) if a != "~logger"]
+        args = [a for a in _args(demo_root, sweep, storage, 2) if a != "~logger"]  # a trial a worker
         args += ["logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.artifact_location=null"]
         workers = [_popen(args, tmp_path / f"worker{i}.log") for i in range(2)]
         codes = [w.wait(timeout=400) for w in workers]

@@ -46,7 +46,7 @@ def test_optuna_dashboard_serves_the_studys_trials_curves_and_importances(demo_r
     proc = run_script("train.py", "-m", "hparams_search=fc_optuna", f"data.root={demo_root}", "data.demo.clips=600",
                       "data.demo.eval_clips=300", "data.convert_workers=1", "trainer.enable_progress_bar=false",
                       "~logger", f"trainer.max_epochs={EPOCHS}", f"hydra.sweep.dir={sweep}",
-                      "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner.n_startup_trials=2",
+                      "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.n_startup_trials=2",
                       "hydra.sweeper.pruner.n_warmup_steps=0", "model.hidden=choice([16],[32])",
                       "data.batch_size=choice(50)")
     assert proc.returncode == 0, proc.stderr[-4000:]
