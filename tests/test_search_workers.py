@@ -225,6 +225,7 @@ def test_killing_a_joblib_search_leaves_no_worker_and_the_same_command_goes_on(d
 
 
 def test_storage_steps_that_fail_say_what_and_where_in_one_line(tmp_path):
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'psycopg[binary]' (in '.[test]')")
     from aer.errors import UserError
     from aer.search import open_storage, study_lock
 
@@ -252,6 +253,7 @@ def test_storage_steps_that_fail_say_what_and_where_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_search_whose_storage_fails_ends_in_one_line(demo_root, tmp_path):
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'psycopg[binary]' (in '.[test]')")
     port = _free_port()
     proc = run_script("train.py", *_args(demo_root, tmp_path / "a", f"postgresql+psycopg://u:pw@127.0.0.1:{port}/x", 2))
     last = proc.stderr.strip().splitlines()[-1]
