@@ -12,7 +12,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +33,8 @@ DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"
 # Hydra overrides that belong to the sweep, not to the job a DDP rank re-runs
 _SWEEP_OVERRIDES = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.job.name", "hydra.output_subdir",
                     "hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.")
+# The pid of the process running a multirun (set by aer.sweep.RunDirGuard), for jobs in worker processes of it
+SWEEP_PID = "AER_SWEEP_PID"
 _VALUE_FLAGS = ("-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir")
 
 
@@ -129,3 +135,36 @@ def job_state(threads: int | None) -> Iterator[None]:
                 os.environ[k] = v
         torch.set_num_threads(num_threads)
         _jobs_done += 1
+
+
+_watched: list[int] = []
+
+
+def sweep_process() -> str:
+    """The value of SWEEP_PID for this process: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def end_with_sweep() -> None:
+    """A sweep's job in a worker process that the sweep's process started (joblib's loky workers,
+    submitit_local): the worker is killed as soon as the sweep's process is gone, or at once when it is gone
+    already, so that a SIGKILL of the sweep leaves no job training on as an orphan. Jobs on other machines
+    (SLURM) and in the sweep's own process are left alone."""
+    host, _, pid = os.environ.get(SWEEP_PID, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid() or _watched:
+        return
+    parent = int(pid)
+    if os.getppid() != parent:
+        try:
+            os.kill(parent, 0)
+            return  # not the sweep's own worker
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGKILL)  # the sweep died before this job started
+    _watched.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="aer-end-with-sweep", daemon=True).start()

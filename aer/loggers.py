@@ -32,7 +32,18 @@ class CSVLogger(EpochAxis, loggers.CSVLogger):
 
 
 class MLFlowLogger(EpochAxis, loggers.MLFlowLogger):
-    pass
+    @property
+    def experiment(self):
+        """Lightning's, when another process (a worker of the same study, on one tracking server) created the
+        experiment between this one's lookup and its own create: then it is found by name."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return super().experiment
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return super().experiment
 
 
 class WandbLogger(EpochAxis, loggers.WandbLogger):

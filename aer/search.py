@@ -1,5 +1,7 @@
-"""Optuna search: the search space from Hydra override syntax, the study in SQLite, pruning from
-inside a trial's training, and what a study leaves in its sweep dir (trials.json, the best overlay).
+"""Optuna search: the search space from Hydra override syntax, the study's storage (SQLite in the sweep dir, or
+a server's URL), what lets several workers share one study (a lock across them, heartbeats, a dead worker's trial
+run again), pruning from inside a trial's training, and what a study leaves in its sweep dir (trials.json, the
+best overlay).
 
 The Hydra side is the sweeper plugin in hydra_plugins/aer_optuna_sweeper (`hydra/sweeper=aer_optuna`,
 used by `hparams_search=...`). Hydra's own plugin, hydra-optuna-sweeper (1.3.0, the newest), pins
@@ -8,8 +10,11 @@ optuna>=2.10,<3, while Optuna is at 5: this one is a thin loop over Optuna's ask
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +22,15 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from aer.callbacks import StopsRun
-from aer.files import atomic_write_text, write_json
+from aer.errors import UserError, first_line, one_line
+from aer.files import atomic_write_text, file_lock, write_json
 from aer.runs import parse_override, render
 
 log = logging.getLogger(__name__)
 
 SWEEPER = "hydra_plugins.aer_optuna_sweeper.optuna_sweeper.AerOptunaSweeper"
+# runs of one trial's parameters at most, when its worker keeps dying (SIGKILL, out of memory)
+MAX_ATTEMPTS = 3
 # Overrides that say where a study ran, not what it trained: left out of the best overlay.
 LOCATION_KEYS = ("paths.", "hydra.", "data.root", "data.cache_dir", "threads", "ckpt_path", "hparams_search")
 
@@ -82,25 +90,137 @@ def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
     return storage or f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
 
 
-def open_storage(url: str):
+def shown(url: str) -> str:
+    """A storage URL as messages and logs show it: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 — a URL SQLAlchemy cannot parse is shown as given
+        return url
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, what: str = "the study's storage failed"):
+    """A storage step that fails (server not reachable, wrong URL, a missing driver, a database that is not
+    Optuna's) as one line naming the URL: aer.errors.UserError. What the storage holds is left as it was."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "optuna" not in str(e).lower():
+            raise
+        raise UserError(f"hydra.sweeper.storage={shown(url)}: {what}: {one_line(first_line(e))}") from None
+
+
+def open_storage(url: str, heartbeat: tuple[int, int] | None = None):
+    """The study's storage. `heartbeat` (interval, grace period in seconds): a sweeper's, which writes a
+    heartbeat for each trial it runs; a RUNNING trial whose heartbeat is older than the grace period is a
+    dead worker's (Optuna's fail_stale_trials marks it FAIL, retry_stale queues its parameters again)."""
     import optuna
 
     # sqlite waits 5 s for a lock by default: parallel trials reporting each epoch can wait longer
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    beats = {} if heartbeat is None else {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
+                                          "heartbeat_stale_trial_callback": retry_stale}
+    with storage_errors(url, "cannot open the study's storage"):
+        foreign = sorted(_table_names(url, kwargs))
+        if foreign and "studies" not in foreign:  # another program's database (an MLflow store, ...)
+            raise UserError(f"hydra.sweeper.storage={shown(url)}: the database holds tables that are not Optuna's "
+                            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): give the study a "
+                            f"database of its own (nothing was written to this one)")
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
+
+
+def _table_names(url: str, engine_kwargs: dict | None) -> list[str]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **(engine_kwargs or {}))
+    try:
+        return sqlalchemy.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+_engines: dict[str, Any] = {}  # study_lock's, one a PostgreSQL URL
+_unlocked: set[str] = set()  # URLs study_lock has warned about
+
+
+@contextlib.contextmanager
+def study_lock(url: str, study_name: str):
+    """One worker at a time, across processes and machines, counts the study's trials and asks new ones (so
+    that the study ends at exactly n_trials) and writes the best overlay. SQLite: a lock file beside the
+    database (one machine); PostgreSQL: an advisory lock of the server; other databases: none (a warning)."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        with file_lock(f"{u.database}.lock", f"the Optuna study {study_name!r}", say=log.debug):
+            yield
+        return
+    if u.get_backend_name() != "postgresql":
+        if url not in _unlocked:
+            log.warning("%s: no lock between workers for this database (SQLite and PostgreSQL have one): "
+                        "several workers at once may run a few trials more than n_trials", shown(url))
+            _unlocked.add(url)
+        yield
+        return
+    if url not in _engines:
+        _engines[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    key = int.from_bytes(hashlib.sha256(f"aer-optuna:{study_name}".encode()).digest()[:8], "big", signed=True)
+    with storage_errors(url, "cannot open the study's storage"), _engines[url].connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+@contextlib.contextmanager
+def heartbeats(storage, study_name: str, numbers: list[int], interval: float):
+    """Writes a heartbeat for trials `numbers` now and every `interval` seconds until the block ends: the
+    trials a live worker runs are never taken for a dead one's."""
+    study_id = storage.get_study_id_from_name(study_name)
+    ids = [storage.get_trial_id_from_study_id_trial_number(study_id, n) for n in numbers]
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            for trial_id in ids:
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception as e:  # noqa: BLE001 — a missed beat; the grace period allows for some
+                    log.warning("heartbeat of trial %s not written: %s", trial_id, one_line(e, typed=True))
+
+    for trial_id in ids:
+        storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, name="aer-optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def retry_stale(study, trial) -> None:
+    """Optuna's heartbeat_stale_trial_callback: the trial of a worker that died (SIGKILL, a lost machine), marked
+    FAIL by fail_stale_trials, is queued again with its parameters, up to MAX_ATTEMPTS runs of them."""
+    attempt = int(trial.user_attrs.get("attempt", 1))
+    if attempt >= MAX_ATTEMPTS:
+        log.error("trial %d: its worker died, %d runs of these parameters so far: not run again", trial.number,
+                  attempt)
+        return
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1})
+    log.info("trial %d was interrupted (its worker is gone): its parameters run again", trial.number)
 
 
 def instantiate_or_none(node):
     import hydra
 
     return hydra.utils.instantiate(node) if node else None
-
-
-def n_trials_in(storage, study_name: str) -> int:
-    try:
-        return len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
-    except KeyError:  # no such study yet
-        return 0
 
 
 def make_sampler(node, n_trials: int):
@@ -132,26 +252,23 @@ def check_same_study(study, space: list[Dim], fixed: list[str]) -> None:
                              f"hydra.sweeper.study_name (or hydra.sweep.dir)")
 
 
-def retry_interrupted(study) -> None:
-    """Trials left RUNNING by a killed sweep: marked failed, and their parameters queued to run first."""
-    from optuna.trial import TrialState
-
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in stale:
-        study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        log.info("trial %d was interrupted: it runs again", t.number)
-
-
-def n_done(study) -> int:
-    """Finished trials, not counting interrupted ones that were queued again."""
-    trials = study.get_trials(deepcopy=False)
+def count(trials) -> tuple[int, int]:
+    """(done, running) of one reading of a study's trials: done counts the finished ones (COMPLETE, PRUNED,
+    FAIL) but not a dead worker's trial that was queued again; running, those RUNNING now, anyone's."""
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    return sum(t.state.is_finished() and t.number not in retried for t in trials)
+    done = sum(t.state.is_finished() and t.number not in retried for t in trials)
+    return done, sum(t.state.name == "RUNNING" for t in trials)
+
+
+def read_trials(storage, study_name: str) -> list:
+    """The study's trials as the database holds them now, read at once from `storage` (the RDBStorage: a
+    Study's own cached view can lag behind other workers' writes)."""
+    return storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False)
 
 
 def tell(study, trial, ret, metric: str) -> None:
-    """Records a job's outcome: its metric, PRUNED when the pruning callback stopped it, FAIL otherwise."""
+    """Records a job's outcome: its metric, PRUNED when the pruning callback stopped it, FAIL otherwise. A trial
+    another worker took for a dead one's (its heartbeat late by more than grace_period) is left as it is."""
     from optuna.trial import TrialState
 
     try:
@@ -162,13 +279,13 @@ def tell(study, trial, ret, metric: str) -> None:
     status = result.get("status") if isinstance(result, dict) else None
     value = result.get(metric) if isinstance(result, dict) else None
     if status == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
     elif status == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
-        study.tell(trial, float(value))
+        study.tell(trial, float(value), skip_if_finished=True)
     else:
         if status == "ok":
             log.error("trial %d: %s=%r is not a finite number", trial.number, metric, value)
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def trial_rows(study) -> list[dict]:
@@ -185,24 +302,32 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
-def write_study_files(study, sweep_dir: Path, space: list[Dim], fixed: list[str], choices: dict) -> Path | None:
-    """trials.json, the sweep summary, and the best trial as an experiment overlay; returns the overlay's path."""
+def write_study_files(study, sweep_dir: Path) -> None:
+    """trials.json and the sweep summary, as the study stands (every worker, after each batch)."""
     from aer.runs import write_summary
 
     write_json(sweep_dir / "trials.json", trial_rows(study))
     write_summary(sweep_dir)
+
+
+def write_best_once(study, sweep_dir: Path, space: list[Dim], fixed: list[str], choices: dict) -> Path | None:
+    """The best complete trial as an experiment overlay, written by one worker once the study has all its
+    trials (called under study_lock; the study's user attr `best_overlay_of` says for how many it was
+    written); returns its path when this call wrote it."""
+    done = count(study.get_trials(deepcopy=False))[0]
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
+    name = f"{study.study_name}_best"
+    path = sweep_dir / "experiment" / f"{name}.yaml"
+    if not complete or (study.user_attrs.get("best_overlay_of") == done and path.exists()):
         return None
     best = study.best_trial
     overrides = fixed + [d.override(best.params[d.key]) for d in space if d.key in best.params]
-    name = f"{study.study_name}_best"
     head = (f"Best of the Optuna study {study.study_name!r}: trial {best.number}, value {best.value:.4f} "
             f"({len(complete)} complete of {len(study.trials)} trials). Written by the sweeper.\n"
             f"Re-run: python train.py --config-dir {sweep_dir} experiment={name} "
             f"[data.root=...] (or copy it into conf/experiment/)")
-    path = sweep_dir / "experiment" / f"{name}.yaml"
     atomic_write_text(path, overlay_yaml(overrides, choices, head))
+    study.set_user_attr("best_overlay_of", done)
     return path
 
 

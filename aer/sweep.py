@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # what went wrong in this process's multirun, for aer.cli: {"failed": "N of M jobs failed ...", "ensemble": ...}
 OUTCOME: dict[str, str] = {}
+# the jobs this process's Optuna sweeper launched: workers of one study share its sweep dir, each answers for its own
+LAUNCHED: set[str] = set()
 
 
 def _ddp_rank(config: DictConfig) -> bool:
@@ -65,6 +67,9 @@ class RunDirGuard(Callback):
                 config.hydra.run.dir = str(claimed)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from aer.launch import SWEEP_PID, sweep_process
+
+        os.environ[SWEEP_PID] = sweep_process()  # jobs in worker processes end with this one (end_with_sweep)
         sweep_dir = Path(config.hydra.sweep.dir)
         optuna = str(config.hydra.sweeper.get("_target_", "")).endswith("AerOptunaSweeper")
         if not optuna and sweep_dir.is_dir() and find_runs(sweep_dir):
@@ -72,6 +77,9 @@ class RunDirGuard(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and not _ddp_rank(config):
+            from aer.launch import end_with_sweep
+
+            end_with_sweep()
             try:
                 claim_run_dir(config.hydra.runtime.output_dir, resume=True)
             except (ValueError, OSError) as e:
@@ -94,7 +102,8 @@ class SweepSummary(Callback):
         failed = sum(r.get("status") not in ("ok", "pruned") for r in rows)
         log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "summary.md", len(rows), failed)
         print((sweep_dir / "summary.md").read_text())
-        ours = [r for r in rows if r["job"] not in getattr(self, "before", ())]
+        ours = [r for r in rows if r["job"] in LAUNCHED] if LAUNCHED else \
+            [r for r in rows if r["job"] not in getattr(self, "before", ())]
         if failed := sum(r.get("status") not in ("ok", "pruned") for r in ours):
             OUTCOME["failed"] = f"{failed} of {len(ours)} jobs failed (see {sweep_dir / 'summary.md'})"
 

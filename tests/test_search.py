@@ -19,6 +19,8 @@ from conftest import CONF, ROOT, TINY, config, run_script, train_overrides
 optuna = pytest.importorskip("optuna", reason="Optuna is not installed: pip install -e '.[track]' (or '.[test]')")
 
 EPOCHS = 8
+# a killed worker's trial is taken for dead 3 s after its last heartbeat (the default, 60 s, is for real studies)
+HEARTBEAT = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
 
 
 def _study_args(demo_root: Path, sweep: Path, n_trials: int, *extra: str) -> list[str]:
@@ -28,7 +30,8 @@ def _study_args(demo_root: Path, sweep: Path, n_trials: int, *extra: str) -> lis
             f"trainer.max_epochs={EPOCHS}", "model.hidden=choice([16],[32])",
             "optim.lr=choice(0.003,0.000001)", "data.batch_size=choice(50)", f"hydra.sweep.dir={sweep}",
             f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.pruner.n_startup_trials=1",
-            "hydra.sweeper.pruner.n_warmup_steps=0", *extra]
+            "hydra.sweeper.pruner.n_warmup_steps=0", *HEARTBEAT, *extra]
+
 
 
 # Queued before the study starts (Optuna's enqueue_trial): a learning rate too small to learn anything
