@@ -16,7 +16,7 @@ from aer.errors import one_line
 from aer.init import apply_init
 from aer.metrics import TaggingMetrics
 from aer.models import build_net
-from aer.models.layers import frame_mask
+from aer.models.layers import exporting, frame_mask
 from aer.schema import Section, check
 from aer.settings import INITS, MODELS, AugmentSettings, DataSettings, DistillSettings, OptimSettings, registered
 
@@ -37,7 +37,13 @@ def section(cls: type[Section], value) -> Section:
 def scale(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """uint8 features (0-255) as floats on the [0, 1] scale the networks are trained on; frames at and past
     a clip's length are zero (as the data pads them), whatever the input holds there."""
-    return features.float().div(FEATURE_SCALE) * frame_mask(lengths, features.shape[1]).unsqueeze(-1)
+    x, frames = features.float().div(FEATURE_SCALE), features.shape[1]
+    if features.device.type != "cpu" or exporting():  # no host sync, no data-dependent branch in a traced graph
+        return x * frame_mask(lengths, frames).unsqueeze(-1)
+    short = torch.nonzero(lengths < frames)[:, 0]  # ~2% of AudioSet's clips: only they are masked (same values)
+    if len(short):
+        x[short] = x[short] * frame_mask(lengths[short], frames).unsqueeze(-1)
+    return x
 
 
 def standardize(x: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -164,8 +170,9 @@ class Tagger(pl.LightningModule):
         if self.class_names:
             checkpoint[CLASSES_KEY] = self.class_names
         served = getattr(self._datamodule(), "served", None)
-        if callable(served) and served():
-            checkpoint[SPLIT_KEY] = served()
+        record = served() if callable(served) else None
+        if record:
+            checkpoint[SPLIT_KEY] = record
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get(CLASSES_KEY) or self.class_names

@@ -1,18 +1,18 @@
 """Where a training job's time goes: the phases of one run, and its memory per epoch, in timing.json.
 
-`train.py` writes `timing.json` beside metrics.json (rank 0): seconds of start-up (process start
-to aer's `run`: the interpreter, imports, Hydra's composition; in a multirun, from the previous job's
-end), building (config check, data
-module, model, trainer, loggers), data (cache checked and loaded, the split made), training
-(the epochs' batches), validation (the loops after each epoch, metrics included), checkpoints
-(`trainer.save_checkpoint`: state gathered, serialised, written), logging (the loggers' calls),
-the rest of fit (Lightning's loop, other callbacks, the progress bar) and finishing (after fit, up
-to metrics.json); the resident memory at each epoch's end and the process's peak; the process that
-ran the job (pid) and the job's wall-clock interval (began_at, from its start-up, to ended_at, in
-seconds since the epoch), which say where and when the jobs of a parallel sweep ran. Each second
-counts in one phase only: a checkpoint written during validation counts as a checkpoint. The
-interpreter's exit after metrics.json is not in it (`bench/job_speed.py` measures it from outside).
-metrics.json stays as it was: sweeps, `aer.compare` and the report read every number in it.
+`train.py` writes `timing.json` beside metrics.json (rank 0): seconds of start-up (process start to
+aer's `run`: the interpreter, imports, Hydra's composition; in a multirun, from the previous job's end),
+building (config check, data module, model, trainer, loggers), data (cache checked and loaded, the split
+made), training (the epochs' batches), validation (the loops after each epoch, metrics included),
+checkpoints (`trainer.save_checkpoint`: state gathered, serialised, written), logging (the loggers'
+calls), the rest of fit (Lightning's loop, other callbacks, the progress bar) and finishing (after fit,
+up to metrics.json); each validation's seconds (its share of the validation phase); the resident memory
+at each epoch's end and the process's peak; the process that ran the job (pid) and the job's wall-clock
+interval (began_at, from its start-up, to ended_at, in seconds since the epoch), which say where and
+when the jobs of a parallel sweep ran. Each second counts in one phase only: a checkpoint written during
+validation counts as a checkpoint. The interpreter's exit after metrics.json is not in it
+(`bench/job_speed.py` measures it from outside). metrics.json stays as it was: sweeps, `aer.compare` and
+the report read every number in it.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class JobTiming(pl.Callback):
         self.started = started if started is not None else _previous_end or process_start()
         self.seconds: dict[str, float] = defaultdict(float)
         self.rss_mb: list[float] = []
+        self.validations: list[float] = []  # seconds of each validation loop
         self._stack: list[str] = []
         self._clock = clock
         self._t = clock()
@@ -142,9 +143,11 @@ class JobTiming(pl.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.push("validation")
+        self._validation_began = self.seconds["validation"]
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.pop("validation")
+        self.validations.append(round(self.seconds["validation"] - self._validation_began, 4))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.pop("train")
@@ -164,5 +167,6 @@ class JobTiming(pl.Callback):
         out["began_at"] = round(_previous_end - out["total_s"], 3)
         out["ended_at"] = round(_previous_end, 3)
         out["epochs_rss_mb"] = list(self.rss_mb)
+        out["validations_s"] = list(self.validations)
         out["peak_rss_mb"] = round(peak_rss_mb(), 1)
         return out

@@ -84,12 +84,13 @@ def test_process_start_and_memory_are_read():
 
 def test_a_run_writes_its_timing(trained_run):
     t = json.loads((trained_run / "timing.json").read_text())
-    assert set(t) == {f"{p}_s" for p in PHASES} | {"total_s", "epochs_rss_mb", "peak_rss_mb", "pid", "began_at",
-                                                    "ended_at"}
+    assert set(t) == {f"{p}_s" for p in PHASES} | {"total_s", "epochs_rss_mb", "validations_s", "peak_rss_mb", "pid",
+                                                    "began_at", "ended_at"}
     assert t["pid"] == os.getpid()  # the fixture trains in this process
     assert t["ended_at"] - t["began_at"] == pytest.approx(t["total_s"], abs=0.01)
     assert t["ended_at"] <= (trained_run / "metrics.json").stat().st_mtime + 1
-    assert len(t["epochs_rss_mb"]) == 2  # trainer.max_epochs=2
+    assert len(t["epochs_rss_mb"]) == 2 and len(t["validations_s"]) == 2  # trainer.max_epochs=2
+    assert sum(t["validations_s"]) == pytest.approx(t["validation_s"], abs=0.01) and min(t["validations_s"]) > 0
     assert all(0 < v <= t["peak_rss_mb"] for v in t["epochs_rss_mb"])
     assert t["train_s"] > 0 and t["validation_s"] > 0 and t["checkpoints_s"] > 0
     assert t["startup_s"] > 0  # since this test process started

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from aer.train import run
-from conftest import CONF, config, run_script, train_overrides
+from conftest import CONF, ROOT, config, run_script, train_overrides
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
           for g in ("model", "init", "data", "trainer", "experiment")}
@@ -294,3 +296,25 @@ def test_compile_trains_and_keeps_the_checkpoint_loadable(demo_root, tmp_path):
     assert not any("_orig_mod" in k for k in tagger.state_dict())
     x = torch.randint(0, 256, (3, 10, 128), dtype=torch.uint8)
     assert tagger.predict_proba(x, torch.tensor([10, 4, 1])).shape == (3, 527)
+
+
+# imported by no train job (trackers only with logger=mlflow|wandb, Optuna with hparams_search=, ONNX by export);
+# all of them are installed with the test extra, so a job that pulled one in would show it here. matplotlib and
+# scipy are Lightning's own imports (torchmetrics' plotting, lightning_fabric's checks), not aer's: docs/speed.md
+NOT_IMPORTED = ("mlflow", "wandb", "optuna", "onnx", "onnxruntime", "sklearn", "jax")
+
+
+def test_a_job_imports_nothing_it_does_not_use(demo_root, tmp_path):
+    """`python train.py ...` as a user runs it, the modules it imported listed at its exit."""
+    listing = tmp_path / "modules.txt"
+    code = ("import atexit, runpy, sys\n"
+            f"atexit.register(lambda: open({str(listing)!r}, 'w').write('\\n'.join(sys.modules)))\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "train.py"),
+                           *train_overrides(demo_root, tmp_path / "run", "trainer.max_epochs=1")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    top = {m.split(".")[0] for m in listing.read_text().split()}
+    assert "pytorch_lightning" in top and (tmp_path / "run" / "metrics.json").exists()
+    assert not top & set(NOT_IMPORTED), sorted(top & set(NOT_IMPORTED))

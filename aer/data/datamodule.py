@@ -151,6 +151,7 @@ class AudioSetDataModule(pl.LightningDataModule):
         self._sets: dict[str, ClipBatches] = {}
         self._meta: dict[str, dict[str, np.ndarray]] = {}
         self._device_tensors: dict[tuple, torch.Tensor] = {}  # device copies of the arrays (device_resident)
+        self._served: tuple = (None, None)  # (the val set, its split_record)
 
     # ---- where things are
     @property
@@ -356,7 +357,10 @@ class AudioSetDataModule(pl.LightningDataModule):
         whatever data.root holds)."""
         if self.mode != "dev" or "val" not in self._sets:
             return None
-        return split_record(self.split_info("val")["video_id"])
+        ds = self._sets["val"]
+        if self._served[0] is not ds:  # every checkpoint asks: computed once a split
+            self._served = (ds, split_record(self.split_info("val")["video_id"]))
+        return self._served[1]
 
     def class_names(self) -> list[tuple[str, str]]:
         return read_class_labels(self.root, self.num_classes)
