@@ -30,11 +30,11 @@ def _csv_series(run_dir: Path, key: str) -> list[float]:
 def _tensorboard_series(run_dir: Path, key: str) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={SCALARS: 0})
+    ea = EventAccumulator(str(run_dir / "tensorboard" / "train"), size_guidance={SCALARS: 0})  # named by the task
     ea.Reload()
-    first, *rest = ea.Scalars(key)
-    assert (first.step, first.value) == (0, 0.0)  # the placeholder that declares the metric to the HParams tab
-    return [e.value for e in rest]
+    points = ea.Scalars(key)
+    assert [e.step for e in points] == list(range(1, len(points) + 1))  # one a epoch, from 1: nothing made up
+    return [e.value for e in points]
 
 
 def _mlflow_run(log_dir: Path):
@@ -73,6 +73,7 @@ def test_many_loggers_store_the_same_val_map_series(demo_root, tmp_path):
     params = mlrun.data.params
     assert (params["model"], params["optim.lr"], params["data.batch_size"]) == ("fc", "0.001", "100")
     assert mlrun.info.status == "FINISHED" and mlrun.data.tags["run_dir"] == str(out)
+    assert mlrun.info.run_name == "train"  # as TensorBoard names it: the task, outside a sweep or experiment
     assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= set(_artifacts(client, mlrun.info.run_id))
 
 
@@ -100,3 +101,47 @@ def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypa
         data = path.read_bytes()
         assert data.startswith(b":W&B")  # wandb's transaction log; its records hold the logged keys
         assert b"val/mAP" in data and b"optim.lr" in data, (path, len(data), _service_log(path))
+
+
+def _hparams_plugin_data(tb: Path) -> tuple[dict, set]:
+    """(tag -> the HParams plugin's data, the scalar tags) of a run's event files, read with TensorBoard's parsers."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    ea = EventAccumulator(str(tb))
+    ea.Reload()
+    out = {}
+    for tag, content in ea.PluginTagToContent(metadata.PLUGIN_NAME).items():
+        parse = {metadata.EXPERIMENT_TAG: metadata.parse_experiment_plugin_data,
+                 metadata.SESSION_START_INFO_TAG: metadata.parse_session_start_info_plugin_data,
+                 metadata.SESSION_END_INFO_TAG: metadata.parse_session_end_info_plugin_data}[tag]
+        out[tag] = parse(content)
+    return out, set(ea.Tags()["scalars"])
+
+
+def test_hparams_tab_declares_metrics_without_values(trained_run):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    data, scalars = _hparams_plugin_data(trained_run / "tensorboard" / "train")
+    exp = data[metadata.EXPERIMENT_TAG]
+    # the split it scored (dev mode: val), main metrics first; no test/* where no test split was scored
+    assert [m.name.tag for m in exp.metric_infos] == ["val/mAP", "val/mAUC", "val/dprime", "val/loss",
+                                                      "train/loss_epoch"]
+    assert not any(t.startswith("test/") for t in scalars) and "hp_metric" not in scalars
+    infos = {h.name: h for h in exp.hparam_infos}
+    assert infos["model"].type == api_pb2.DATA_TYPE_STRING and list(infos["model"].domain_discrete) == ["fc"]
+    assert infos["model.hidden"].type == api_pb2.DATA_TYPE_STRING  # a list: text, as for every network
+    assert infos["optim.lr"].type == api_pb2.DATA_TYPE_FLOAT64 and not any(h.differs for h in infos.values())
+    start = data[metadata.SESSION_START_INFO_TAG]
+    assert start.hparams["model"].string_value == "fc" and start.hparams["model.hidden"].string_value == "[500]"
+    assert data[metadata.SESSION_END_INFO_TAG].status == api_pb2.STATUS_SUCCESS
+
+
+def test_dashboard_values_have_one_kind_per_key_across_networks(demo_root, tmp_path):
+    from aer.train import hparams_for_dashboard
+
+    fc = hparams_for_dashboard(config("train", train_overrides(demo_root, tmp_path, "model=fc")))
+    lstm = hparams_for_dashboard(config("train", train_overrides(demo_root, tmp_path, "model=skiplstm")))
+    assert (fc["model.hidden"], lstm["model.hidden"]) == ("[500]", "128")  # an int for skiplstm, a list for fc
+    assert isinstance(fc["optim.lr"], float) and isinstance(lstm["model.bidirectional"], bool)
+    assert isinstance(fc["model.dropout"], float) and isinstance(lstm["model.dropout"], float)
