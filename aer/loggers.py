@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from pytorch_lightning import loggers
+from pytorch_lightning.utilities import rank_zero_only
 
 JOB_FILE = "JOB"  # in a sweep's TensorBoard folder: the job dir it belongs to, relative to the sweep dir
 
@@ -167,6 +168,7 @@ class TensorBoardLogger(EpochAxis, loggers.TensorBoardLogger):
     """Lightning's, with the HParams tab's config and sessions written by `declare` (no placeholder metric
     values: Lightning's log_hyperparams(params, metrics) writes the metrics' given values as points)."""
 
+    @rank_zero_only  # as Lightning's log_hyperparams: DDP's other ranks write nothing
     def declare(self, hparams: dict, varied: dict, metrics: list[str], hidden=()) -> None:
         """The run's hyper-parameters (hparams.yaml, and the HParams tab's session) and the tab's config."""
         from tensorboard.plugins.hparams import summary_v2 as hp
@@ -175,6 +177,7 @@ class TensorBoardLogger(EpochAxis, loggers.TensorBoardLogger):
         self.write_summaries(hparams_experiment(hparams, varied, metrics, hidden),
                     hp.hparams_pb(hparams, trial_id=Path(self.log_dir).name, start_time_secs=time.time()))
 
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
         if status == "success" and self.declared:
@@ -201,8 +204,34 @@ class CSVLogger(EpochAxis, loggers.CSVLogger):
     pass
 
 
+def check_tracking_server(uri: str) -> None:
+    """An http(s) MLflow tracking URI must answer as a tracking server (its /health), else one line naming it:
+    MLflow's client would retry for minutes and fail in the middle of training."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            if r.status == 200:
+                return
+            problem = f"HTTP {r.status} at {url}"
+    except urllib.error.HTTPError as e:
+        problem = f"HTTP {e.code} at {url}: not an MLflow tracking server, or the wrong path"
+    except (OSError, ValueError) as e:
+        problem = f"{getattr(e, 'reason', None) or e}"
+    raise ValueError(f"logger.mlflow.tracking_uri={uri}: no MLflow tracking server answers there ({problem}): "
+                     f"start one (mlflow server --host HOST --port PORT) or keep the default sqlite:/// store")
+
+
 class MLFlowLogger(EpochAxis, loggers.MLFlowLogger):
-    pass
+    """Lightning's; a tracking server that does not answer is refused before training (check_tracking_server)."""
+
+    def __init__(self, *args, tracking_uri: str | None = None, **kwargs) -> None:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri and uri.startswith(("http://", "https://")):
+            check_tracking_server(uri)
+        super().__init__(*args, tracking_uri=tracking_uri or uri, **kwargs)
 
 
 class WandbLogger(EpochAxis, loggers.WandbLogger):

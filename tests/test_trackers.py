@@ -145,3 +145,26 @@ def test_dashboard_values_have_one_kind_per_key_across_networks(demo_root, tmp_p
     assert (fc["model.hidden"], lstm["model.hidden"]) == ("[500]", "128")  # an int for skiplstm, a list for fc
     assert isinstance(fc["optim.lr"], float) and isinstance(lstm["model.bidirectional"], bool)
     assert isinstance(fc["model.dropout"], float) and isinstance(lstm["model.dropout"], float)
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_naming_it(tmp_path):
+    import http.server
+    import socket
+    import threading
+
+    from aer.loggers import check_tracking_server
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ValueError, match=rf"^logger.mlflow.tracking_uri=http://127.0.0.1:{port}: no MLflow tracking "
+                                         r"server answers there \(.*refused\)"):
+        check_tracking_server(f"http://127.0.0.1:{port}")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)  # not MLflow
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/mlflow"
+    try:
+        with pytest.raises(ValueError, match=f"HTTP 404 at {url}/health: not an MLflow tracking server"):
+            check_tracking_server(url)
+    finally:
+        server.shutdown()
