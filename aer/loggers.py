@@ -175,28 +175,25 @@ class TensorBoardLogger(EpochAxis, loggers.TensorBoardLogger):
 
         super().log_hyperparams(hparams)  # hparams.yaml only (default_hp_metric=false: no metric)
         self.write_summaries(hparams_experiment(hparams, varied, metrics, hidden),
-                    hp.hparams_pb(hparams, trial_id=Path(self.log_dir).name, start_time_secs=time.time()))
+                             hp.hparams_pb(hparams, trial_id=Path(self.log_dir).name, start_time_secs=time.time()))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        super().finalize(status)
-        if status == "success" and self.declared:
+        if status == "success" and self.declared and not self.ended:  # fit's end (test or validate may follow)
+            self.ended = True
             from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
             end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
             self.write_summaries(_hparams_summary("_hparams_/session_end_info", session_end_info=end))
+        super().finalize(status)
 
-    declared = False
+    declared = ended = False
 
     def write_summaries(self, *summaries) -> None:
-        """Summaries in an event file of their own beside Lightning's, in the run's log dir."""
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        writer = EventFileWriter(self.log_dir, filename_suffix=".hparams")
+        """Summaries into the run's one event file, through the writer's public file writer (as torch's own
+        add_hparams does): a second file beside it would be skipped by TensorBoard's live reload."""
         for s in summaries:
-            writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=s))
-        writer.close()
+            self.experiment.file_writer.add_summary(s, 0)
         self.declared = True
 
 
