@@ -39,7 +39,6 @@ if not OmegaConf.has_resolver("aer.by_mode"):
     OmegaConf.register_new_resolver("aer.by_mode", lambda mode, dev, final: final if mode == "final" else dev)
 
 
-
 def _run_name(default: str) -> str:
     from aer.loggers import run_name
 

@@ -98,8 +98,9 @@ def hparams_for_dashboard(config: TrainConfig) -> dict:
                 "augment": config.augment, "distill": config.distill}
     kinds = {"model": _kinds(MODELS), "init": _kinds(INITS)}
     for name, section in sections.items():
+        own = kinds.get(name) or {k: _kind(v) for k, v in type(section)().as_dict().items()}  # by the defaults
         for k, v in section.as_dict().items():
-            kind = kinds[name].get(k, str) if name in kinds else _kind(type(section)().as_dict()[k])
+            kind = own.get(k, str)
             flat[f"{name}.{k}"] = v if kind is _kind(v) and kind is not str else str(v)
     return flat
 

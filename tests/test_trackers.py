@@ -168,3 +168,50 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_naming_it(tmp_path):
             check_tracking_server(url)
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def sweep_job(tmp_path):
+    """Makes this process look like job `num` of a multirun `model=fc,skiplstm init=xavier,kaiming` (Hydra's
+    own config of a job, with the multirun.yaml its sweeper writes); undone after."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from conftest import CONF
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose(config_name="train", overrides=["model=fc", "init=xavier"], return_hydra_config=True)
+    multirun = OmegaConf.create({"hydra": {"overrides": {"task": ["model=fc,skiplstm", "init=xavier,kaiming",
+                                                                  "seed=3"]}}})
+    OmegaConf.save(multirun, sweep / "multirun.yaml")
+
+    def job(num: int, overrides: list[str]):
+        cfg = base.copy()
+        with open_dict(cfg):
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.sweep.dir = str(sweep)
+            cfg.hydra.runtime.output_dir = str(sweep / str(num))
+            cfg.hydra.job.num = num
+            cfg.hydra.overrides.task = overrides
+        HydraConfig.instance().set_config(cfg)
+        return sweep
+
+    yield job
+    HydraConfig.instance().cfg = None
+
+
+def test_a_sweep_job_is_named_by_what_the_sweep_varies_in_a_folder_of_its_own(sweep_job):
+    from aer.loggers import run_name, swept, tensorboard_dir
+
+    sweep = sweep_job(0, ["model=fc", "init=xavier", "seed=3"])
+    assert swept() == {"model": ["fc", "skiplstm"], "init": ["xavier", "kaiming"]}
+    assert run_name("train") == "model=fc,init=xavier"  # seed=3 is the same in every job: not in the name
+    first = tensorboard_dir("unused", "train")
+    assert first == str(sweep / "model=fc,init=xavier") and (sweep / first / "JOB").read_text() == "0\n"
+    assert tensorboard_dir("unused", "train") == first  # resolved again: the same folder, still job 0's
+    sweep_job(5, ["model=fc", "init=xavier", "seed=3"])  # another job with the same values (a study's re-sample)
+    assert tensorboard_dir("unused", "train") == str(sweep / "model=fc,init=xavier (job 5)")
