@@ -38,6 +38,24 @@ if not OmegaConf.has_resolver("aer.by_mode"):
     # (no validation split there), written in the config so that .hydra/config.yaml is what ran.
     OmegaConf.register_new_resolver("aer.by_mode", lambda mode, dev, final: final if mode == "final" else dev)
 
+
+def _run_name(default: str) -> str:
+    from aer.loggers import run_name
+
+    return run_name(default)
+
+
+def _tensorboard_dir(output_dir: str, default: str) -> str:
+    from aer.loggers import tensorboard_dir
+
+    return tensorboard_dir(output_dir, default)
+
+
+if not OmegaConf.has_resolver("aer.run_name"):
+    # a run's name on the dashboards, and where its TensorBoard events go (aer.loggers: by what a sweep varies)
+    OmegaConf.register_new_resolver("aer.run_name", _run_name)
+    OmegaConf.register_new_resolver("aer.tensorboard_dir", _tensorboard_dir)
+
 # command → the settings object its config builds (train: TrainConfig, built by build_train)
 COMMANDS = {"evaluate": EvaluateConfig, "ensemble": EnsembleConfig, "thresholds": ThresholdsConfig,
             "predict": PredictConfig, "export": ExportConfig}

@@ -71,30 +71,61 @@ def no_steps_reason(trainer: pl.Trainer, dm: AudioSetDataModule) -> str:
     return f"{n} training clips, data.batch_size={dm.batch_size}, trainer.max_epochs={trainer.max_epochs}"
 
 
+def _kind(value) -> type:
+    """How a dashboard shows a value: a bool, a number, or text (lists and None as text)."""
+    return bool if isinstance(value, bool) else float if isinstance(value, (int, float)) else str
+
+
+def _kinds(registry: dict) -> dict[str, type]:
+    """key -> its one kind across the options of a choice (model=NAME): text where two options' defaults differ
+    in kind (fc's model.hidden, a list, is an int for skiplstm), so that every run shows the key the same way."""
+    kinds: dict[str, set] = {}
+    for cls in registry.values():
+        for k, v in cls().as_dict().items():
+            kinds.setdefault(k, set()).add(_kind(v))
+    return {k: ks.pop() if len(ks) == 1 else str for k, ks in kinds.items()}
+
+
 def hparams_for_dashboard(config: TrainConfig) -> dict:
-    """The values a sweep compares, flat, for TensorBoard's HParams tab."""
+    """The values a sweep compares, flat, for the dashboards: each key one kind in every run (a number, a bool,
+    or text: lists as text)."""
+    from aer.settings import INITS, MODELS
+
     flat = {"model": config.model.name, "init": config.init.name, "seed": config.seed, "data.mode": config.data.mode,
             "data.batch_size": config.data.batch_size, "data.normalize": config.data.normalize,
             "tags": ",".join(map(str, config.tags))}
     sections = {"model": config.model.settings, "init": config.init.settings, "optim": config.optim,
                 "augment": config.augment, "distill": config.distill}
+    kinds = {"model": _kinds(MODELS), "init": _kinds(INITS)}
     for name, section in sections.items():
+        own = kinds.get(name) or {k: _kind(v) for k, v in type(section)().as_dict().items()}  # by the defaults
         for k, v in section.as_dict().items():
-            flat[f"{name}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+            kind = own.get(k, str)
+            flat[f"{name}.{k}"] = v if kind is _kind(v) and kind is not str else str(v)
     return flat
 
 
+def dashboard_metrics(config: TrainConfig) -> list[str]:
+    """The metrics the HParams tab shows, main ones first: those of the split the run scores (val in dev
+    mode, test in final mode), then the training loss."""
+    split = "test" if config.data.mode == "final" else "val"
+    return [f"{split}/mAP", f"{split}/mAUC", f"{split}/dprime", f"{split}/loss", "train/loss_epoch"]
+
+
 def make_loggers(config: TrainConfig) -> list:
-    """The `logger` group's loggers, one per key (`logger=[tensorboard,mlflow]`, `logger=many`), hparams logged."""
-    from pytorch_lightning.loggers import TensorBoardLogger
+    """The `logger` group's loggers, one per key (`logger=[tensorboard,mlflow]`, `logger=many`), hparams logged
+    (TensorBoard's HParams tab: what the sweep varies first, the split's metrics; aer.loggers)."""
+    from aer.loggers import TensorBoardLogger, swept
 
     node = config.lightning.get("logger") or {}
     nodes = [node] if "_target_" in node else [c for c in node.values() if c]  # one logger's config, as before
     loggers = [hydra.utils.instantiate(c) for c in nodes]
     hparams = hparams_for_dashboard(config)
     for lg in loggers:
-        if isinstance(lg, TensorBoardLogger):  # its HParams tab needs the metrics declared up front
-            lg.log_hyperparams(hparams, {"val/mAP": 0.0, "val/mAUC": 0.0, "test/mAP": 0.0, "test/mAUC": 0.0})
+        if isinstance(lg, TensorBoardLogger):
+            varied = swept()
+            hidden = [k for k in hparams if k.split(".")[0] in varied and "." in k]  # model.* of a swept model=
+            lg.declare(hparams, varied, dashboard_metrics(config), hidden)
         else:
             lg.log_hyperparams(hparams)
     return loggers

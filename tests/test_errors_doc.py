@@ -190,6 +190,9 @@ def _cases(tmp: Path, demo: Path, ckpt: Path, thresholded: Path, study: list[str
              "python -m aer.predict ckpt=C"),
         Case("Evaluation", "a full disk for the predictions", [*evaluate("full"), f"ckpt={ckpt}", "split=val"],
              "python evaluate.py ckpt=C split=val  (disk full)", 60_000),
+        Case("Dashboards", "an MLflow tracking server that does not answer",
+             [*train, "logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"],
+             "python train.py logger=mlflow logger.mlflow.tracking_uri=http://127.0.0.1:9"),
     ]
     return cases
 

@@ -30,11 +30,11 @@ def _csv_series(run_dir: Path, key: str) -> list[float]:
 def _tensorboard_series(run_dir: Path, key: str) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={SCALARS: 0})
+    ea = EventAccumulator(str(run_dir / "tensorboard" / "train"), size_guidance={SCALARS: 0})  # named by the task
     ea.Reload()
-    first, *rest = ea.Scalars(key)
-    assert (first.step, first.value) == (0, 0.0)  # the placeholder that declares the metric to the HParams tab
-    return [e.value for e in rest]
+    points = ea.Scalars(key)
+    assert [e.step for e in points] == list(range(1, len(points) + 1))  # one a epoch, from 1: nothing made up
+    return [e.value for e in points]
 
 
 def _mlflow_run(log_dir: Path):
@@ -73,6 +73,7 @@ def test_many_loggers_store_the_same_val_map_series(demo_root, tmp_path):
     params = mlrun.data.params
     assert (params["model"], params["optim.lr"], params["data.batch_size"]) == ("fc", "0.001", "100")
     assert mlrun.info.status == "FINISHED" and mlrun.data.tags["run_dir"] == str(out)
+    assert mlrun.info.run_name == "train"  # as TensorBoard names it: the task, outside a sweep or experiment
     assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= set(_artifacts(client, mlrun.info.run_id))
 
 
@@ -100,3 +101,117 @@ def test_wandb_offline_writes_each_run_its_own_log(demo_root, tmp_path, monkeypa
         data = path.read_bytes()
         assert data.startswith(b":W&B")  # wandb's transaction log; its records hold the logged keys
         assert b"val/mAP" in data and b"optim.lr" in data, (path, len(data), _service_log(path))
+
+
+def _hparams_plugin_data(tb: Path) -> tuple[dict, set]:
+    """(tag -> the HParams plugin's data, the scalar tags) of a run's event files, read with TensorBoard's parsers."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    ea = EventAccumulator(str(tb))
+    ea.Reload()
+    out = {}
+    for tag, content in ea.PluginTagToContent(metadata.PLUGIN_NAME).items():
+        parse = {metadata.EXPERIMENT_TAG: metadata.parse_experiment_plugin_data,
+                 metadata.SESSION_START_INFO_TAG: metadata.parse_session_start_info_plugin_data,
+                 metadata.SESSION_END_INFO_TAG: metadata.parse_session_end_info_plugin_data}[tag]
+        out[tag] = parse(content)
+    return out, set(ea.Tags()["scalars"])
+
+
+def test_hparams_tab_declares_metrics_without_values(trained_run):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    data, scalars = _hparams_plugin_data(trained_run / "tensorboard" / "train")
+    exp = data[metadata.EXPERIMENT_TAG]
+    # the split it scored (dev mode: val), main metrics first; no test/* where no test split was scored
+    assert [m.name.tag for m in exp.metric_infos] == ["val/mAP", "val/mAUC", "val/dprime", "val/loss",
+                                                      "train/loss_epoch"]
+    assert not any(t.startswith("test/") for t in scalars) and "hp_metric" not in scalars
+    infos = {h.name: h for h in exp.hparam_infos}
+    assert infos["model"].type == api_pb2.DATA_TYPE_STRING and list(infos["model"].domain_discrete) == ["fc"]
+    assert infos["model.hidden"].type == api_pb2.DATA_TYPE_STRING  # a list: text, as for every network
+    assert infos["optim.lr"].type == api_pb2.DATA_TYPE_FLOAT64 and not any(h.differs for h in infos.values())
+    start = data[metadata.SESSION_START_INFO_TAG]
+    assert start.hparams["model"].string_value == "fc" and start.hparams["model.hidden"].string_value == "[500]"
+    assert data[metadata.SESSION_END_INFO_TAG].status == api_pb2.STATUS_SUCCESS
+
+
+def test_dashboard_values_have_one_kind_per_key_across_networks(demo_root, tmp_path):
+    from aer.train import hparams_for_dashboard
+
+    fc = hparams_for_dashboard(config("train", train_overrides(demo_root, tmp_path, "model=fc")))
+    lstm = hparams_for_dashboard(config("train", train_overrides(demo_root, tmp_path, "model=skiplstm")))
+    assert (fc["model.hidden"], lstm["model.hidden"]) == ("[500]", "128")  # an int for skiplstm, a list for fc
+    assert isinstance(fc["optim.lr"], float) and isinstance(lstm["model.bidirectional"], bool)
+    assert isinstance(fc["model.dropout"], float) and isinstance(lstm["model.dropout"], float)
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_naming_it(tmp_path):
+    import http.server
+    import socket
+    import threading
+
+    from aer.loggers import check_tracking_server
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ValueError, match=rf"^logger.mlflow.tracking_uri=http://127.0.0.1:{port}: no MLflow tracking "
+                                         r"server answers there \(.*refused\)"):
+        check_tracking_server(f"http://127.0.0.1:{port}")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)  # not MLflow
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/mlflow"
+    try:
+        with pytest.raises(ValueError, match=f"HTTP 404 at {url}/health: not an MLflow tracking server"):
+            check_tracking_server(url)
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def sweep_job(tmp_path):
+    """Makes this process look like job `num` of a multirun `model=fc,skiplstm init=xavier,kaiming` (Hydra's
+    own config of a job, with the multirun.yaml its sweeper writes); undone after."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from conftest import CONF
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose(config_name="train", overrides=["model=fc", "init=xavier"], return_hydra_config=True)
+    multirun = OmegaConf.create({"hydra": {"overrides": {"task": ["model=fc,skiplstm", "init=xavier,kaiming",
+                                                                  "seed=3"]}}})
+    OmegaConf.save(multirun, sweep / "multirun.yaml")
+
+    def job(num: int, overrides: list[str]):
+        cfg = base.copy()
+        with open_dict(cfg):
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.sweep.dir = str(sweep)
+            cfg.hydra.runtime.output_dir = str(sweep / str(num))
+            cfg.hydra.job.num = num
+            cfg.hydra.overrides.task = overrides
+        HydraConfig.instance().set_config(cfg)
+        return sweep
+
+    yield job
+    HydraConfig.instance().cfg = None
+
+
+def test_a_sweep_job_is_named_by_what_the_sweep_varies_in_a_folder_of_its_own(sweep_job):
+    from aer.loggers import run_name, swept, tensorboard_dir
+
+    sweep = sweep_job(0, ["model=fc", "init=xavier", "seed=3"])
+    assert swept() == {"model": ["fc", "skiplstm"], "init": ["xavier", "kaiming"]}
+    assert run_name("train") == "model=fc,init=xavier"  # seed=3 is the same in every job: not in the name
+    first = tensorboard_dir("unused", "train")
+    assert first == str(sweep / "model=fc,init=xavier") and (sweep / first / "JOB").read_text() == "0\n"
+    assert tensorboard_dir("unused", "train") == first  # resolved again: the same folder, still job 0's
+    sweep_job(5, ["model=fc", "init=xavier", "seed=3"])  # another job with the same values (a study's re-sample)
+    assert tensorboard_dir("unused", "train") == str(sweep / "model=fc,init=xavier (job 5)")

@@ -72,14 +72,14 @@ def test_dev_run_writes_metrics_and_checkpoints(trained_run):
     ckpts = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
     assert ckpts == ["best.ckpt", "last.ckpt"]
     assert not any("=" in name for name in ckpts)
-    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((trained_run / "tensorboard" / "train").glob("events.out.tfevents.*"))  # a run named by its task
 
 
 def test_training_loss_logged_per_epoch_and_at_logging_steps(trained_run):
     """train/loss_epoch once an epoch, train/loss_step at the steps the logger writes (every 10th)."""
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-    ea = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={SCALARS: 0})
+    ea = EventAccumulator(str(trained_run / "tensorboard" / "train"), size_guidance={SCALARS: 0})
     ea.Reload()
     m = _metrics(trained_run)
     epoch_losses = [e.value for e in ea.Scalars("train/loss_epoch")]

@@ -74,8 +74,13 @@ def read_curves(tb_dirs: list[Path]) -> Curves:
 
 
 def event_dirs(run: Run) -> list[Path]:
-    """The folders under the run dir that hold event files."""
-    return sorted({ev.parent for ev in run.dir.rglob(EVENT_GLOB)})
+    """The folders that hold the run's event files: under its dir, and for a sweep's job the sweep's folder
+    named after what it varied, whose JOB file names the job (aer.loggers.tensorboard_dir)."""
+    from aer.loggers import JOB_FILE, job_of
+
+    own = {ev.parent for ev in run.dir.rglob(EVENT_GLOB)}
+    named = {f.parent for f in run.dir.parent.glob(f"*/{JOB_FILE}") if job_of(f.parent) == run.dir.name}
+    return sorted(d for d in own | named if any(d.glob(EVENT_GLOB)))
 
 
 def with_logged_hparams(run: Run, tb_dirs: list[Path]) -> Run:
