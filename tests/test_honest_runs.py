@@ -101,23 +101,25 @@ def test_a_multirun_with_a_failed_job_exits_1_after_its_summary(demo_root, tmp_p
     assert json.loads((sweep / "ensemble" / "metrics.json").read_text())["status"] == "ok"  # of the job that ran
 
 
+def _ensembled_sweep(demo_root: Path, tmp_path: Path, sweep: Path, select: str, replicates: int):
+    """A 2-job sweep into `sweep` whose EnsembleSweep step runs with these settings."""
+    args = [a for a in train_overrides(demo_root, tmp_path, "trainer.max_epochs=1") if not a.startswith("paths.")]
+    return run_script("train.py", "-m", *args, "seed=1,2", f"hydra.sweep.dir={render(str(sweep))}",
+                      "+hydra.callbacks.ensemble._target_=aer.sweep.EnsembleSweep",
+                      f"+hydra.callbacks.ensemble.select={select}",
+                      f"+hydra.callbacks.ensemble.replicates={replicates}")
+
+
 @pytest.mark.slow
 def test_a_failed_ensemble_step_fails_the_command(demo_root, tmp_path):
-    sweep = tmp_path / "sweep"
-    args = [a for a in train_overrides(demo_root, tmp_path, "trainer.max_epochs=1") if not a.startswith("paths.")]
-    r = run_script("train.py", "-m", *args, "seed=1,2", f"hydra.sweep.dir={sweep}",
-                   "+hydra.callbacks.ensemble._target_=aer.sweep.EnsembleSweep",
-                   "+hydra.callbacks.ensemble.select=greedy", "+hydra.callbacks.ensemble.replicates=-1")
+    r = _ensembled_sweep(demo_root, tmp_path, tmp_path / "sweep", "greedy", -1)
     assert r.returncode == 1 and "error: the ensemble of sweep" in r.stderr and "bootstrap.replicates=-1" in r.stderr
 
 
 @pytest.mark.slow
 def test_a_sweep_dir_with_commas_spaces_quotes_and_unicode_works_in_every_step(demo_root, tmp_path):
     sweep = tmp_path / "sweep, it's \"ü\" 1"
-    args = [a for a in train_overrides(demo_root, tmp_path, "trainer.max_epochs=1") if not a.startswith("paths.")]
-    r = run_script("train.py", "-m", *args, "seed=1,2", f"hydra.sweep.dir={render(str(sweep))}",
-                   "+hydra.callbacks.ensemble._target_=aer.sweep.EnsembleSweep",
-                   "+hydra.callbacks.ensemble.select=none", "+hydra.callbacks.ensemble.replicates=0")
+    r = _ensembled_sweep(demo_root, tmp_path, sweep, "none", 0)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((sweep / "ensemble" / "metrics.json").read_text())["status"] == "ok"
     ckpt = sweep / "0" / "checkpoints" / "best.ckpt"
