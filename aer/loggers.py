@@ -132,19 +132,17 @@ def _hparams_summary(tag: str, **plugin_data):
         tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)])
 
 
-def hparams_experiment(hparams: dict, varied: dict[str, list[str] | None], metrics: list[str], hidden=()):
-    """The HParams tab's config: one column a key of `hparams` (flat, each value a str, a bool or a number, the
-    same kind in every run), the keys in `varied` first (TensorBoard shows the keys that differ first), and the
-    `metrics`' columns in their order; string and bool keys with their values (varied: all the sweep's). Keys
-    in `hidden` (those a swept choice sets, model.* when the sweep varies model) get no column."""
+def hparams_experiment(hparams: dict, varied: dict[str, list[str] | None], metrics: list[str]):
+    """The HParams tab's config: in a sweep a column a key it varies, outside one a column a key of `hparams`
+    (flat, each value a str, a bool or a number, the same kind in every run), then the `metrics`' columns in
+    their order; string and bool keys with their values (varied: all the sweep's). A sweep's other keys are
+    the same in all its runs, and TensorBoard ticks only the first five columns: so the metrics come next."""
     from google.protobuf import struct_pb2
     from tensorboard.plugins.hparams import api_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp
 
     infos = []
-    for key in sorted(hparams, key=lambda k: k not in varied):
-        if key in hidden and key not in varied:
-            continue
+    for key in [k for k in hparams if k in varied] if varied else hparams:
         value = hparams[key]
         info = api_pb2.HParamInfo(name=key, differs=key in varied)
         if isinstance(value, bool):
@@ -169,12 +167,12 @@ class TensorBoardLogger(EpochAxis, loggers.TensorBoardLogger):
     values: Lightning's log_hyperparams(params, metrics) writes the metrics' given values as points)."""
 
     @rank_zero_only  # as Lightning's log_hyperparams: DDP's other ranks write nothing
-    def declare(self, hparams: dict, varied: dict, metrics: list[str], hidden=()) -> None:
+    def declare(self, hparams: dict, varied: dict, metrics: list[str]) -> None:
         """The run's hyper-parameters (hparams.yaml, and the HParams tab's session) and the tab's config."""
         from tensorboard.plugins.hparams import summary_v2 as hp
 
         super().log_hyperparams(hparams)  # hparams.yaml only (default_hp_metric=false: no metric)
-        self.write_summaries(hparams_experiment(hparams, varied, metrics, hidden),
+        self.write_summaries(hparams_experiment(hparams, varied, metrics),
                              hp.hparams_pb(hparams, trial_id=Path(self.log_dir).name, start_time_secs=time.time()))
 
     @rank_zero_only

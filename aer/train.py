@@ -123,9 +123,7 @@ def make_loggers(config: TrainConfig) -> list:
     hparams = hparams_for_dashboard(config)
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
-            varied = swept()
-            hidden = [k for k in hparams if k.split(".")[0] in varied and "." in k]  # model.* of a swept model=
-            lg.declare(hparams, varied, dashboard_metrics(config), hidden)
+            lg.declare(hparams, swept(), dashboard_metrics(config))
         else:
             lg.log_hyperparams(hparams)
     return loggers

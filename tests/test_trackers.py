@@ -137,6 +137,22 @@ def test_hparams_tab_declares_metrics_without_values(trained_run):
     assert data[metadata.SESSION_END_INFO_TAG].status == api_pb2.STATUS_SUCCESS
 
 
+def test_a_sweeps_hparams_columns_are_the_keys_it_varies_then_the_metrics():
+    from tensorboard.plugins.hparams import metadata
+
+    from aer.loggers import hparams_experiment
+
+    hparams = {"augment.mixup_alpha": 0.0, "init": "xavier", "model": "fc", "data.batch_size": 100}
+    summary = hparams_experiment(hparams, {"init": ["xavier", "kaiming"], "data.batch_size": None}, ["val/mAP"])
+    exp = metadata.parse_experiment_plugin_data(summary.value[0].metadata.plugin_data.content)
+    assert [h.name for h in exp.hparam_infos] == ["init", "data.batch_size"]
+    assert all(h.differs for h in exp.hparam_infos)
+    assert [v.string_value for v in exp.hparam_infos[0].domain_discrete.values] == ["xavier", "kaiming"]
+    alone = metadata.parse_experiment_plugin_data(hparams_experiment(hparams, {}, ["val/mAP"]).value[0].metadata
+                                                  .plugin_data.content)
+    assert [h.name for h in alone.hparam_infos] == list(hparams)  # a single run: every key
+
+
 def test_dashboard_values_have_one_kind_per_key_across_networks(demo_root, tmp_path):
     from aer.train import hparams_for_dashboard
 
