@@ -168,5 +168,6 @@ class JobTiming(pl.Callback):
         out["ended_at"] = round(_previous_end, 3)
         out["epochs_rss_mb"] = list(self.rss_mb)
         out["validations_s"] = list(self.validations)
-        out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        # the kernel updates the peak lazily (at unmaps and exit): never below a resident size seen
+        out["peak_rss_mb"] = round(max([peak_rss_mb(), *self.rss_mb]), 1)
         return out
