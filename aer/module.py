@@ -169,7 +169,7 @@ class Tagger(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.class_names:
             checkpoint[CLASSES_KEY] = self.class_names
-        served = getattr(self._datamodule(), "served", None)
+        served = getattr(self.trainer.datamodule, "served", None)
         record = served() if callable(served) else None
         if record:
             checkpoint[SPLIT_KEY] = record
@@ -316,12 +316,8 @@ class Tagger(pl.LightningModule):
         """The mean training loss of the current epoch's batches so far (this rank's)."""
         return float(self._loss_sum) / self._loss_count if self._loss_count else float("nan")
 
-    def _datamodule(self):
-        """The trainer's data module, if there is one."""
-        return self.trainer.datamodule
-
     def on_fit_start(self) -> None:
-        dm = self._datamodule()
+        dm = self.trainer.datamodule
         if dm is not None and callable(getattr(dm, "class_names", None)):  # saved with the weights
             self.class_names = [list(n) for n in dm.class_names()]
         # Lightning counts a block of batches as one: its warning that an epoch holds fewer batches than the
